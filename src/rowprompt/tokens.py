@@ -37,7 +37,10 @@ def _cache_dir() -> Path:
     override = os.environ.get("ROWPROMPT_TIKTOKEN_CACHE")
     if override:
         return Path(override)
-    return Path(tempfile.gettempdir()) / f"rowprompt-tiktoken-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    return (
+        Path(tempfile.gettempdir())
+        / f"rowprompt-tiktoken-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    )
 
 
 def _seed(name: str, cache_dir: Path) -> None:

@@ -1,0 +1,64 @@
+"""What every engine needs to know about the job it drives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rowprompt import tokens
+from rowprompt.jobs import Completion, JobProgress
+
+
+@dataclass
+class RunContext:
+    """One job's request builder, pricing and policy, shared by the engines.
+
+    ``build_body(position)`` renders the row at that position into a chat request body; the
+    engines never see tables or templates.
+    """
+
+    job_id: str
+    model: str
+    build_body: Callable[[int], dict[str, Any]]
+    price: Callable[[Completion, bool], float | None]
+    max_attempts: int = 3
+    use_cache: bool = True
+    request_timeout: float = 120.0
+    on_progress: Callable[[JobProgress], None] | None = None
+    on_message: Callable[[str], None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def custom_id(self, position: int) -> str:
+        """The batch ``custom_id`` of the row at ``position``: job and row."""
+        return f"{self.job_id}-{position}"
+
+    def position_of(self, custom_id: str) -> int | None:
+        """The row position a ``custom_id`` of this job names, or None if it is not ours."""
+        prefix = f"{self.job_id}-"
+        if not custom_id.startswith(prefix):
+            return None
+        try:
+            return int(custom_id[len(prefix) :])
+        except ValueError:
+            return None
+
+    def say(self, message: str) -> None:
+        """Tell the user something (the CLI prints it)."""
+        if self.on_message is not None:
+            self.on_message(message)
+
+
+def admission_tokens(body: dict[str, Any]) -> int:
+    """Tokens a request counts against a tokens-per-minute or enqueued-token limit.
+
+    OpenAI counts the prompt estimate plus ``max_tokens`` × ``n``; without a ``max_tokens``
+    we assume a modest answer, as the provider's own estimate is not published.
+    """
+    model = str(body.get("model") or "")
+    prompt = tokens.count_messages(body.get("messages") or [], model)
+    cap = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_OUTPUT_ESTIMATE
+    return prompt + int(cap) * int(body.get("n") or 1)
+
+
+DEFAULT_OUTPUT_ESTIMATE = 256

@@ -1,0 +1,157 @@
+"""Jobs, rows and their states: pure values, no I/O.
+
+A row's life::
+
+    pending ──claim──► in_flight(via, attempt n) ──► done
+       ▲                     │
+       └──── retryable ◄─────┴──► failed (permanent error, or attempts exhausted)
+
+A batch shard's life::
+
+    planned ──► uploaded(file_id) ──► submitted(batch_id) ──► collected
+                                              └──► lost (the provider no longer knows it)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class RowState(StrEnum):
+    """Where a row is in its life."""
+
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class JobState(StrEnum):
+    """Where a job is: ``running`` while any row is pending or in flight."""
+
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class ShardState(StrEnum):
+    """Where a batch shard is."""
+
+    PLANNED = "planned"
+    UPLOADED = "uploaded"
+    SUBMITTED = "submitted"
+    COLLECTED = "collected"
+    LOST = "lost"
+
+
+ACTIVE_SHARD_STATES = (ShardState.PLANNED, ShardState.UPLOADED, ShardState.SUBMITTED)
+# Provider batch statuses after which nothing more will change.
+TERMINAL_BATCH_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+
+VIA_REALTIME = "realtime"
+VIA_BATCH = "batch"
+VIA_CACHE = "cache"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything that decides what a job asks; its hash is the job's identity.
+
+    ``mode``, output paths and throttles are not part of the identity: changing them and
+    running again continues the same job.
+    """
+
+    input_hash: str
+    template: str
+    model: str
+    provider: str
+    base_url: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    answer_spec: str = "text"
+    id_column: str | None = None
+    sheet: str | None = None
+    limit: int | None = None
+
+    def job_id(self) -> str:
+        """A short, stable hash of the spec: the same command again finds the same job."""
+        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def to_json(self) -> str:
+        """The spec as JSON, for the ledger."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobSpec:
+        """The spec back from the ledger."""
+        return cls(**json.loads(text))
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    """The hash of the exact request sent: the cache key."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What one request answered, in the provider-neutral shape the engines use."""
+
+    text: str | None
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    refusal: str | None = None
+    model: str | None = None
+
+    def to_json(self) -> str:
+        """Serialised for the cache."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Completion:
+        """Back from the cache."""
+        return cls(**json.loads(text))
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """How a row ended, as written to the ledger."""
+
+    key: str
+    state: RowState
+    via: str
+    completion: Completion | None = None
+    cost_usd: float | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    status_code: int | None = None
+
+
+@dataclass
+class JobProgress:
+    """Counts of a job's rows by state, with tokens and cost so far."""
+
+    total: int = 0
+    pending: int = 0
+    in_flight: int = 0
+    done: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def finished(self) -> int:
+        """Rows that reached an end state."""
+        return self.done + self.failed
+
+    @property
+    def complete(self) -> bool:
+        """True when no row is pending or in flight."""
+        return self.total > 0 and self.finished >= self.total

@@ -1,0 +1,125 @@
+"""The provider seam: what every API shape offers the engines.
+
+Engines speak rows and requests; a provider speaks SDK calls. Requests travel in the OpenAI
+chat-completions body shape (``model``, ``messages``, parameters), the lingua franca of the
+seam; a provider for another API shape translates it. Providers raise only errors from
+:mod:`rowprompt.errors`, never an SDK's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from rowprompt.jobs import Completion
+
+
+@dataclass(frozen=True)
+class LimitsObservation:
+    """What a response's rate-limit headers said (None where a header was absent)."""
+
+    limit_requests: int | None = None
+    limit_tokens: int | None = None
+    remaining_requests: int | None = None
+    remaining_tokens: int | None = None
+    reset_requests_s: float | None = None
+    reset_tokens_s: float | None = None
+
+
+@dataclass(frozen=True)
+class CompletionResult:
+    """A real-time answer with what its headers said about the limits."""
+
+    completion: Completion
+    limits: LimitsObservation | None = None
+    status_code: int = 200
+
+
+@dataclass(frozen=True)
+class BatchCaps:
+    """The limits of one batch file for this provider."""
+
+    max_requests: int = 50_000
+    max_bytes: int = 200 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BatchError:
+    """A batch-level error (a validation failure), as the provider reported it."""
+
+    code: str | None
+    message: str
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """A batch as the provider sees it, in OpenAI's status vocabulary."""
+
+    id: str
+    status: str
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    input_file_id: str | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: tuple[BatchError, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    created_at: float | None = None
+
+
+@dataclass(frozen=True)
+class BatchLineResult:
+    """One line of a batch's results: a completion, or why there is none."""
+
+    custom_id: str
+    completion: Completion | None
+    status_code: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class Provider(Protocol):
+    """One API shape (OpenAI-compatible first); see the module docstring."""
+
+    name: str
+    batch_caps: BatchCaps
+
+    async def complete(self, body: Mapping[str, Any], *, timeout: float) -> CompletionResult:
+        """Send one real-time request."""
+        ...
+
+    def batch_line(self, custom_id: str, body: Mapping[str, Any]) -> bytes:
+        """One request as a line of this provider's batch input file (newline included)."""
+        ...
+
+    async def upload_batch_file(self, path: Path) -> str:
+        """Upload a batch input file; returns its file id."""
+        ...
+
+    async def create_batch(self, input_file_id: str, metadata: Mapping[str, str]) -> BatchInfo:
+        """Create a batch over an uploaded file."""
+        ...
+
+    async def get_batch(self, batch_id: str) -> BatchInfo:
+        """The batch as it stands now."""
+        ...
+
+    async def cancel_batch(self, batch_id: str) -> BatchInfo:
+        """Ask the provider to cancel a batch."""
+        ...
+
+    async def find_batches(self, metadata: Mapping[str, str]) -> list[BatchInfo]:
+        """Batches whose metadata holds all these pairs (to adopt one after a crash)."""
+        ...
+
+    def batch_results(self, info: BatchInfo) -> AsyncIterator[BatchLineResult]:
+        """Stream the output and error files' lines."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
