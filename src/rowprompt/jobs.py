@@ -66,7 +66,8 @@ class JobSpec:
     """
 
     input_hash: str
-    template: str
+    prompt: str
+    system: str | None
     model: str
     provider: str
     base_url: str | None = None

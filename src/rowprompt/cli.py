@@ -1,0 +1,272 @@
+"""The command line: parses, calls the library, prints. One place turns errors into one line."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import click
+
+from rowprompt import api
+from rowprompt.errors import RowpromptError
+from rowprompt.progress import ProgressView
+from rowprompt.runner import MODES, RunOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def one_line_errors(func: F) -> F:
+    """Turn every error into a one-line cause and fix and an exit code, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except RowpromptError as exc:
+            _fail(exc.one_line(), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; run the same command again to resume where it stopped", 130)
+        except Exception as exc:
+            if os.environ.get("ROWPROMPT_DEBUG"):
+                raise
+            _fail(
+                f"unexpected {type(exc).__name__}: {exc}. This is a bug in rowprompt; rerun with"
+                " ROWPROMPT_DEBUG=1 for the traceback and report it",
+                70,
+            )
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def job_options(func: F) -> F:
+    """The options shared by ``run`` and ``estimate``."""
+    decorators = [
+        click.argument("input_path", metavar="INPUT"),
+        click.option("--prompt", help="The prompt, a Jinja2 template over the row's columns."),
+        click.option("--prompt-file", type=click.Path(), help="Read the prompt from a file."),
+        click.option("--system", help="A system prompt (also a template)."),
+        click.option(
+            "--system-file", type=click.Path(), help="Read the system prompt from a file."
+        ),
+        click.option("--model", default="gpt-4o-mini", show_default=True),
+        click.option(
+            "--provider",
+            type=click.Choice(["openai", "azure", "anthropic", "sandbox"]),
+            default="openai",
+            show_default=True,
+            help="sandbox: the offline stand-in, started in this process.",
+        ),
+        click.option(
+            "--base-url", help="Any OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."
+        ),
+        click.option("--mode", type=click.Choice(list(MODES)), default="auto", show_default=True),
+        click.option(
+            "--output", type=click.Path(), help="Output table (.csv .tsv .xlsx .jsonl .parquet)."
+        ),
+        click.option("--output-type", default="text", show_default=True),
+        click.option("--max-tokens", type=int, help="Cap on each answer's tokens."),
+        click.option("--temperature", type=float),
+        click.option("--id-column", help="A column of unique row ids (default: row position)."),
+        click.option("--limit", type=int, help="Only the first N rows."),
+        click.option("--rpm", type=int, help="Requests per minute to stay under."),
+        click.option("--tpm", type=int, help="Tokens per minute to stay under."),
+        click.option("--concurrency", type=int, help="Real-time requests in flight at once."),
+        click.option("--no-cache", is_flag=True, help="Ask again even where an answer is cached."),
+        click.option("--max-attempts", type=int, default=3, show_default=True),
+        click.option("--sheet", help="Excel sheet to read (default: the first)."),
+        click.option("--home", type=click.Path(), help="Where the job database lives."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _options(kwargs: dict[str, Any]) -> RunOptions:
+    fields = {k: v for k, v in kwargs.items() if k in RunOptions.__dataclass_fields__}
+    return RunOptions(**fields)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rowprompt")
+def main() -> None:
+    """Run one LLM prompt over every row of a table, real-time or through the Batch API."""
+
+
+@main.command()
+@job_options
+@click.option("--detach", is_flag=True, help="Submit the batches and exit; collect later.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before spending.")
+@click.option(
+    "--dry-run", is_flag=True, help="Say what would be sent and what it costs; send nothing."
+)
+@click.option("--force", is_flag=True, help="Overwrite an output file this job did not write.")
+@click.option("--poll-interval", type=float, default=5.0, hidden=True)
+@click.option("--sandbox-rules", type=click.Path(), help="Scripted answers for --provider sandbox.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@one_line_errors
+def run(input_path: str, dry_run: bool, yes: bool, quiet: bool, **kwargs: Any) -> None:
+    """Run the prompt over every row of INPUT and write the answers beside its columns."""
+    options = _options(kwargs)
+    if dry_run:
+        _print_estimate(api.estimate(input_path, options=options))
+        return
+    with ProgressView(quiet=quiet) as view:
+        options.on_progress = view.update
+        options.on_message = view.message
+        outcome = api.run_job(input_path, options)
+    _print_outcome(outcome)
+
+
+@main.command()
+@job_options
+@one_line_errors
+def estimate(input_path: str, **kwargs: Any) -> None:
+    """Rows, tokens and cost in real time and batch, and the advice; spends nothing."""
+    _print_estimate(api.estimate(input_path, options=_options(kwargs)))
+
+
+@main.command()
+@click.option("--home", type=click.Path())
+@one_line_errors
+def jobs(home: str | None) -> None:
+    """List jobs with state, progress and cost."""
+    rows = api.list_jobs(home)
+    if not rows:
+        click.echo("no jobs yet")
+        return
+    click.echo(
+        f"{'job':<13} {'created':<17} {'state':<10} {'mode':<9} {'done':>13}"
+        f" {'failed':>7} {'cost':>10}  input"
+    )
+    for s in rows:
+        p = s.progress
+        created = datetime.fromtimestamp(s.job.created_at).strftime("%Y-%m-%d %H:%M")
+        click.echo(
+            f"{s.job.id:<13} {created:<17} {s.state:<10} {s.job.mode or '':<9}"
+            f" {p.done:>6}/{p.total:<6} {p.failed:>7} {f'${p.cost_usd:.4f}':>10}"
+            f"  {s.job.input_path or '<DataFrame>'}"
+        )
+
+
+@main.command()
+@click.argument("job")
+@click.option("--home", type=click.Path())
+@one_line_errors
+def status(job: str, home: str | None) -> None:
+    """One job in detail, with its batches and their request counts."""
+    s = api.job_status(job, home)
+    p = s.progress
+    click.echo(f"job {s.job.id}: {s.state}")
+    click.echo(f"  input:  {s.job.input_path or '<DataFrame>'}")
+    click.echo(f"  output: {s.job.output_path or '-'}")
+    click.echo(f"  model:  {s.job.spec.model} via {s.job.spec.provider}, mode {s.job.mode}")
+    click.echo(
+        f"  rows:   {p.total} total, {p.done} ok, {p.failed} failed, {p.pending} pending,"
+        f" {p.in_flight} in flight"
+    )
+    click.echo(
+        f"  tokens: {p.prompt_tokens:,} in, {p.completion_tokens:,} out; cost ${p.cost_usd:.4f}"
+    )
+    for shard in s.shards:
+        counts = ""
+        if shard.count_total is not None:
+            done, failed = shard.count_completed or 0, shard.count_failed or 0
+            counts = f" {done}/{shard.count_total} done, {failed} failed"
+        click.echo(
+            f"  batch {shard.batch_id or '(not created)'}: shard {shard.number}, {shard.rows} rows,"
+            f" {shard.status or shard.state}{counts}{' — ' + shard.error if shard.error else ''}"
+        )
+
+
+@main.command()
+@click.argument("job")
+@click.option("--output", type=click.Path(), help="Write the table here instead.")
+@click.option("--wait", is_flag=True, help="Block until every batch has finished.")
+@click.option("--home", type=click.Path())
+@click.option("--quiet", "-q", is_flag=True)
+@one_line_errors
+def collect(job: str, output: str | None, wait: bool, home: str | None, quiet: bool) -> None:
+    """Fetch finished batch results and write the table."""
+    with ProgressView(quiet=quiet) as view:
+        outcome = api.collect_job(
+            job,
+            home=home,
+            output=output,
+            wait=wait,
+            on_message=view.message,
+            on_progress=view.update,
+        )
+    _print_outcome(outcome)
+
+
+@main.command()
+@click.argument("job")
+@click.option("--home", type=click.Path())
+@click.option("--quiet", "-q", is_flag=True)
+@one_line_errors
+def resume(job: str, home: str | None, quiet: bool) -> None:
+    """Continue an interrupted job where it stopped."""
+    with ProgressView(quiet=quiet) as view:
+        outcome = api.resume_job(job, home=home, on_message=view.message, on_progress=view.update)
+    _print_outcome(outcome)
+
+
+@main.command()
+@click.argument("job")
+@click.option("--home", type=click.Path())
+@one_line_errors
+def cancel(job: str, home: str | None) -> None:
+    """Cancel a job and its provider batches; finished rows are kept."""
+    outcome = api.cancel_job(job, home=home, on_message=lambda m: click.echo(m, err=True))
+    _print_outcome(outcome)
+
+
+def _print_estimate(e: api.Estimate) -> None:
+    def money(x: float | None) -> str:
+        return "unknown (no price for this model)" if x is None else f"${x:.4f}"
+
+    click.echo(f"rows:            {e.rows} ({e.rows_cached} already answered in the cache)")
+    click.echo(f"prompt tokens:   {e.prompt_tokens:,}")
+    click.echo(f"output tokens:   at most {e.max_output_tokens:,}")
+    click.echo(f"cost, real time: at most {money(e.cost_realtime)}")
+    click.echo(f"cost, batch:     at most {money(e.cost_batch)}")
+    click.echo(f"mode:            {e.mode}")
+
+
+def _print_outcome(outcome: api.Outcome) -> None:
+    p = outcome.progress
+    if outcome.detached:
+        click.echo(f"job {outcome.job_id}: submitted {p.total - p.finished} rows in batches.")
+        click.echo(f"collect later with: rowprompt collect {outcome.job_id} --wait")
+        return
+    state = "complete" if p.complete else "not complete"
+    click.echo(
+        f"job {outcome.job_id}: {state}: {p.done} ok, {p.failed} failed, {p.pending + p.in_flight}"
+        f" waiting; {p.prompt_tokens + p.completion_tokens:,} tokens, ${p.cost_usd:.4f}"
+    )
+    if outcome.output_path:
+        click.echo(f"wrote {outcome.output_path}")
+    if not p.complete:
+        click.echo(f"rows still waiting: rowprompt collect {outcome.job_id} --wait")
+
+
+def _add_sandbox() -> None:
+    from rowprompt.sandbox.cli import sandbox_command
+
+    main.add_command(sandbox_command, name="sandbox")
+
+
+_add_sandbox()
+
+if __name__ == "__main__":
+    main()

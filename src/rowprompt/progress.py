@@ -1,0 +1,101 @@
+"""Progress for people: a rich bar on a terminal, plain lines every few seconds elsewhere."""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import TracebackType
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from rowprompt.jobs import JobProgress
+
+PLAIN_INTERVAL_S = 5.0
+
+
+class ProgressView:
+    """Shows rows done/failed, tokens, cost so far and ETA, and one-line messages."""
+
+    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.console = Console(file=self.stream, highlight=False)
+        self.live = self.console.is_terminal and not quiet
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._last_plain = 0.0
+        self._last: JobProgress | None = None
+
+    def __enter__(self) -> ProgressView:
+        if self.live:
+            self._progress = Progress(
+                TextColumn("[bold]rows"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("rows", total=None, detail="")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        elif self._last is not None and not self.quiet:
+            self._plain(self._last)
+
+    def update(self, progress: JobProgress) -> None:
+        """A new count of the job's rows."""
+        self._last = progress
+        if self._progress is not None and self._task is not None:
+            self._progress.update(
+                self._task,
+                total=progress.total,
+                completed=progress.finished,
+                detail=_detail(progress),
+            )
+        elif not self.quiet and time.monotonic() - self._last_plain >= PLAIN_INTERVAL_S:
+            self._plain(progress)
+
+    def _plain(self, progress: JobProgress) -> None:
+        self._last_plain = time.monotonic()
+        print(
+            f"progress: {progress.finished}/{progress.total} rows, {_detail(progress)}",
+            file=self.stream,
+            flush=True,
+        )
+
+    def message(self, text: str) -> None:
+        """A one-line message above the bar."""
+        if self.quiet:
+            return
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False)
+        else:
+            print(text, file=self.stream, flush=True)
+
+
+def _detail(p: JobProgress) -> str:
+    return (
+        f"{p.done} ok, {p.failed} failed, {p.in_flight} in flight, "
+        f"{p.prompt_tokens + p.completion_tokens:,} tokens, ${p.cost_usd:.4f}"
+    )

@@ -1,0 +1,441 @@
+"""One job from a table to a table: the library both the CLI and the Python API call.
+
+``prepare`` does everything that can fail on the user's side (read the table, check the
+template against its columns, check the provider's configuration, render every row) before
+anything is written to the ledger or sent; ``Runner`` then drives the job with the engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+
+from rowprompt import costs, tables, tokens
+from rowprompt.engine.batch import BatchEngine
+from rowprompt.engine.context import RunContext, admission_tokens
+from rowprompt.engine.ratelimit import Limiter
+from rowprompt.engine.realtime import RealtimeEngine
+from rowprompt.errors import ConfigError, InputError, OutputError, UsageError
+from rowprompt.jobs import Completion, JobProgress, JobSpec, JobState, RowState, request_hash
+from rowprompt.ledger import JobRecord, Ledger
+from rowprompt.output import UNTRUSTED_COLUMNS, build_output, check_column_clash
+from rowprompt.providers import OpenedProvider, check_provider_config, open_provider
+from rowprompt.templates import PromptTemplate
+
+MODES = ("realtime", "batch", "hybrid", "auto")
+# Until the planner knows better (a later issue), auto sends bigger jobs through the Batch API.
+AUTO_BATCH_MIN_ROWS = 1000
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_CONCURRENCY = 32
+
+T = TypeVar("T")
+
+
+@dataclass
+class RunOptions:
+    """The options of ``rowprompt run`` (and of :func:`rowprompt.run`)."""
+
+    prompt: str | None = None
+    prompt_file: str | None = None
+    system: str | None = None
+    system_file: str | None = None
+    model: str = DEFAULT_MODEL
+    provider: str = "openai"
+    base_url: str | None = None
+    mode: str = "auto"
+    output: str | None = None
+    output_type: str = "text"
+    max_tokens: int | None = None
+    temperature: float | None = None
+    id_column: str | None = None
+    limit: int | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+    detach: bool = False
+    no_cache: bool = False
+    max_attempts: int = 3
+    sheet: str | None = None
+    home: str | None = None
+    force: bool = False
+    poll_interval: float = 5.0
+    request_timeout: float = 120.0
+    sandbox_rules: str | None = None
+    on_progress: Callable[[JobProgress], None] | None = None
+    on_message: Callable[[str], None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """A job checked and ready: its table, template, spec and request builder."""
+
+    table: tables.Table
+    template: PromptTemplate
+    spec: JobSpec
+    options: RunOptions
+    output: Path | None
+
+    @property
+    def job_id(self) -> str:
+        """The job's identity."""
+        return self.spec.job_id()
+
+    def build_body(self, position: int) -> dict[str, Any]:
+        """The chat request body for the row at ``position``."""
+        row = self.table.frame.iloc[position]
+        values = {str(k): v for k, v in row.items()}
+        return request_body(self.spec, self.template.render(values))
+
+
+def request_body(spec: JobSpec, messages: list[dict[str, str]]) -> dict[str, Any]:
+    """A chat-completions body for these messages under the job's parameters."""
+    body: dict[str, Any] = {"model": spec.model, "messages": messages}
+    body.update(spec.params)
+    return body
+
+
+def _params(options: RunOptions) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if options.max_tokens is not None:
+        if options.max_tokens < 1:
+            raise UsageError("--max-tokens must be at least 1")
+        # OpenAI's own API wants max_completion_tokens (max_tokens is refused by newer
+        # models); OpenAI-compatible servers mostly know only max_tokens.
+        name = "max_tokens" if options.base_url and options.provider == "openai" else None
+        params[name or "max_completion_tokens"] = options.max_tokens
+    if options.temperature is not None:
+        if not 0 <= options.temperature <= 2:
+            raise UsageError("--temperature must be between 0 and 2")
+        params["temperature"] = options.temperature
+    return params
+
+
+def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) -> Prepared:
+    """Check everything on the user's side; nothing is written or sent."""
+    if options.mode not in MODES:
+        raise UsageError(f"unknown mode {options.mode!r}", hint=f"use one of: {', '.join(MODES)}")
+    if options.output_type != "text":
+        raise UsageError(
+            f"--output-type {options.output_type} is not supported yet",
+            hint="use --output-type text",
+        )
+    if options.limit is not None and options.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    template = PromptTemplate.from_options(
+        prompt=options.prompt,
+        prompt_file=options.prompt_file,
+        system=options.system,
+        system_file=options.system_file,
+    )
+    table = tables.read_table(
+        source, sheet=options.sheet, id_column=options.id_column, limit=options.limit
+    )
+    columns = [str(c) for c in table.frame.columns]
+    template.check_columns(columns, source=table.source)
+    check_column_clash(columns, table.source)
+    check_provider_config(options.provider, options.base_url)
+    output = _output_path(source, options)
+    if options.detach and options.provider == "sandbox" and not options.base_url:
+        raise UsageError(
+            "--detach needs a provider that outlives this process; the in-process sandbox does not",
+            hint="start `rowprompt sandbox --port 8787` and pass --base-url http://127.0.0.1:8787/v1",
+        )
+    spec = JobSpec(
+        input_hash=table.content_hash,
+        prompt=template.prompt,
+        system=template.system,
+        model=options.model,
+        provider=options.provider,
+        base_url=options.base_url,
+        params=_params(options),
+        answer_spec=options.output_type,
+        id_column=options.id_column,
+        sheet=options.sheet,
+        limit=options.limit,
+    )
+    return Prepared(table, template, spec, options, output)
+
+
+def _output_path(source: Any, options: RunOptions) -> Path | None:
+    if options.output:
+        input_path = None if isinstance(source, pd.DataFrame) else str(source)
+        return tables.check_output_path(options.output, input_path=input_path)
+    if isinstance(source, pd.DataFrame):
+        return None
+    path = Path(source)
+    return path.with_name(f"{path.stem}.answers{path.suffix.lower()}")
+
+
+def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to the end from synchronous code, also inside Jupyter's running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    # A loop already runs in this thread (Jupyter): run ours in a thread of its own.
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(make())
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="rowprompt-run")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+@dataclass
+class Estimate:
+    """What a job would ask and cost, before anything is spent."""
+
+    rows: int
+    rows_cached: int
+    prompt_tokens: int
+    max_output_tokens: int
+    cost_realtime: float | None
+    cost_batch: float | None
+    mode: str
+
+
+class Runner:
+    """Drives one prepared job through the ledger and the engines."""
+
+    def __init__(self, prepared: Prepared, ledger: Ledger | None = None) -> None:
+        self.prepared = prepared
+        self.options = prepared.options
+        self.ledger = ledger or Ledger(self.options.home)
+
+    # -- the job in the ledger --------------------------------------------------------------
+    def ensure_job(self) -> JobRecord:
+        """Find this job in the ledger, or create it with every row rendered."""
+        p = self.prepared
+        job = self.ledger.find_job(p.job_id)
+        source = (
+            None
+            if isinstance(p.table.source, str) and p.table.source.startswith("<")
+            else p.table.source
+        )
+        if job is None:
+            rows = (
+                (key, position, request_hash(p.build_body(position)))
+                for position, key in enumerate(p.table.keys)
+            )
+            job = self.ledger.create_job(
+                p.spec,
+                rows,
+                input_path=str(Path(source).resolve()) if source else None,
+                output_path=str(p.output.resolve()) if p.output else None,
+                mode=self.options.mode,
+            )
+        self._check_output_clobber(job)
+        updates: dict[str, Any] = {"mode": self.options.mode}
+        if p.output is not None:
+            updates["output_path"] = str(p.output.resolve())
+        if source:
+            updates["input_path"] = str(Path(source).resolve())
+        self.ledger.update_job(job.id, **updates)
+        return self.ledger.get_job(job.id)
+
+    def _check_output_clobber(self, job: JobRecord) -> None:
+        out = self.prepared.output
+        if out is None or not out.exists() or self.options.force:
+            return
+        if job.output_path and Path(job.output_path) == out.resolve():
+            return
+        raise OutputError(
+            f"{out} exists and was not written by this job",
+            hint="pass --force to overwrite it, or --output another path",
+        )
+
+    def context(self) -> RunContext:
+        """The engines' view of the job."""
+        p = self.prepared
+        model = p.spec.model
+        provider = "openai" if p.spec.provider == "sandbox" else p.spec.provider
+
+        def price(completion: Completion, batch: bool) -> float | None:
+            return costs.cost_usd(
+                completion.model or model,
+                completion.prompt_tokens,
+                completion.completion_tokens,
+                cached_tokens=completion.cached_tokens,
+                batch=batch,
+                provider=provider,
+            )
+
+        return RunContext(
+            job_id=p.job_id,
+            model=model,
+            build_body=p.build_body,
+            price=price,
+            max_attempts=self.options.max_attempts,
+            use_cache=not self.options.no_cache,
+            request_timeout=self.options.request_timeout,
+            on_progress=self.options.on_progress,
+            on_message=self.options.on_message,
+        )
+
+    def choose_mode(self, rows_left: int) -> str:
+        """The mode this run uses: the user's, or auto's pick."""
+        mode = self.options.mode
+        if mode == "auto":
+            return "batch" if rows_left >= AUTO_BATCH_MIN_ROWS else "realtime"
+        if mode == "hybrid":
+            return "batch"
+        return mode
+
+    # -- running ----------------------------------------------------------------------------
+    async def run(self) -> JobRecord:
+        """Drive the job until it is complete (or submitted, with ``detach``)."""
+        job = self.ensure_job()
+        self.ledger.acquire(job.id)
+        opened = open_provider(
+            self.options.provider,
+            self.options.base_url,
+            request_timeout=self.options.request_timeout,
+            sandbox_rules=self.options.sandbox_rules,
+        )
+        try:
+            await self._drive(job, opened)
+        finally:
+            await opened.close()
+            self.ledger.release(job.id)
+        return self.ledger.get_job(job.id)
+
+    async def _drive(self, job: JobRecord, opened: OpenedProvider) -> None:
+        ctx = self.context()
+        provider = opened.provider
+        check = getattr(provider, "check_model", None)
+        progress = self.ledger.progress(job.id)
+        if check is not None and not progress.complete:
+            await check(self.prepared.spec.model)
+        batch = BatchEngine(provider, self.ledger, ctx, poll_interval=self.options.poll_interval)
+        # Batches a previous run submitted are followed to the end whatever the mode now.
+        if self.ledger.shards(job.id, active_only=True):
+            await batch.resume_unsubmitted()
+        pending = self.ledger.count_rows(job.id, RowState.PENDING)
+        pending += self.ledger.count_rows(job.id, RowState.IN_FLIGHT)
+        mode = self.choose_mode(pending)
+        ctx.say(f"job {job.id}: {job.total_rows} rows, {pending} to do, mode {mode}")
+        heart = asyncio.create_task(self._heartbeat(job.id))
+        try:
+            if mode == "realtime":
+                limiter = Limiter(self.options.rpm, self.options.tpm)
+                engine = RealtimeEngine(
+                    provider,
+                    self.ledger,
+                    ctx,
+                    limiter=limiter,
+                    concurrency=self.options.concurrency or DEFAULT_CONCURRENCY,
+                )
+                await engine.run()
+                if self.ledger.shards(job.id, active_only=True) and not self.options.detach:
+                    await batch.run(wait=True)
+            else:
+                await batch.run(wait=not self.options.detach)
+        finally:
+            heart.cancel()
+        if self.ledger.progress(job.id).complete:
+            self.ledger.update_job(job.id, state=JobState.DONE)
+
+    async def _heartbeat(self, job_id: str) -> None:
+        while True:
+            await asyncio.sleep(5)
+            self.ledger.heartbeat(job_id)
+
+    def write_output(self) -> pd.DataFrame:
+        """The output table; written to the output path when there is one."""
+        p = self.prepared
+        frame = build_output(p.table.frame, p.table.keys, self.ledger, p.job_id)
+        if p.output is not None:
+            tables.write_table(frame, p.output, neutralise_columns=UNTRUSTED_COLUMNS)
+        return frame
+
+    def estimate(self) -> Estimate:
+        """Rows, tokens and cost in each mode; spends nothing."""
+        p = self.prepared
+        model = p.spec.model
+        prompt_total = output_total = cached = 0
+        for position in range(len(p.table)):
+            body = p.build_body(position)
+            prompt = tokens.count_messages(body["messages"], model)
+            prompt_total += prompt
+            output_total += admission_tokens(body) - prompt
+            if not self.options.no_cache and self.ledger.cached(request_hash(body)) is not None:
+                cached += 1
+        provider = "openai" if p.spec.provider == "sandbox" else p.spec.provider
+        realtime = costs.estimate_cost(
+            model, prompt_total, output_total, batch=False, provider=provider
+        )
+        batch = costs.estimate_cost(
+            model, prompt_total, output_total, batch=True, provider=provider
+        )
+        return Estimate(
+            rows=len(p.table),
+            rows_cached=cached,
+            prompt_tokens=prompt_total,
+            max_output_tokens=output_total,
+            cost_realtime=realtime,
+            cost_batch=batch,
+            mode=self.choose_mode(len(p.table)),
+        )
+
+
+# -- jobs found by id (collect, resume, status, cancel) -------------------------------------
+def options_for_job(job: JobRecord, base: RunOptions | None = None) -> RunOptions:
+    """Run options that rebuild a stored job's requests exactly."""
+    spec = job.spec
+    options = replace(base) if base else RunOptions()
+    options.prompt, options.prompt_file = spec.prompt, None
+    options.system, options.system_file = spec.system, None
+    options.model, options.provider, options.base_url = spec.model, spec.provider, spec.base_url
+    options.output_type = spec.answer_spec
+    options.id_column, options.sheet, options.limit = spec.id_column, spec.sheet, spec.limit
+    options.max_tokens = spec.params.get("max_completion_tokens") or spec.params.get("max_tokens")
+    options.temperature = spec.params.get("temperature")
+    if options.mode == "auto" and job.mode:
+        options.mode = job.mode
+    return options
+
+
+def reopen(job: JobRecord, options: RunOptions, frame: pd.DataFrame | None = None) -> Prepared:
+    """The prepared job again from its stored spec and its input (which must be unchanged)."""
+    source: Any = frame
+    if source is None:
+        if not job.input_path:
+            raise InputError(
+                f"job {job.id} was made from a DataFrame; its input is not on disk",
+                hint="collect it from the Python session that submitted it (Job.results())",
+            )
+        source = job.input_path
+    if options.output is None and job.output_path:
+        options.output = job.output_path
+    options.force = True if options.output == job.output_path else options.force
+    prepared = prepare(source, options)
+    if prepared.spec != job.spec:
+        if prepared.table.content_hash != job.spec.input_hash:
+            raise InputError(
+                f"{job.input_path} changed since job {job.id} was created",
+                hint="restore the original file, or run the job again as a new one",
+            )
+        raise ConfigError(f"job {job.id} cannot be rebuilt from its stored settings")
+    return prepared
+
+
+def wait_seconds(start: float) -> float:
+    """Seconds since ``start``."""
+    return time.monotonic() - start

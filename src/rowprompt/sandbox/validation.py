@@ -1,0 +1,307 @@
+"""Validation of chat completion requests, with OpenAI's 400/404 messages and params."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import APIError, missing, wrong_type
+
+SANDBOX_SUFFIX = "-sandbox"
+
+# Every parameter of CreateChatCompletionRequest in openai-openapi f85dbe2; others are refused.
+KNOWN_PARAMS = frozenset(
+    {
+        "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+        "max_completion_tokens", "max_tokens", "messages", "metadata", "modalities", "model",
+        "moderation", "n", "parallel_tool_calls", "prediction", "presence_penalty",
+        "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention", "reasoning_effort",
+        "response_format", "safety_identifier", "seed", "service_tier", "stop", "store", "stream",
+        "stream_options", "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user",
+        "verbosity", "web_search_options",
+    }
+)  # fmt: skip
+ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+_SCHEMA_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A chat completion request that passed validation."""
+
+    body: dict[str, Any]
+    model: str
+    """The model as requested."""
+    base_model: str
+    """The listed model it maps to (the requested name without a ``-sandbox`` suffix)."""
+    messages: list[dict[str, Any]]
+    n: int
+    max_tokens: int | None
+    response_format: dict[str, Any] | None
+
+    @property
+    def last_user_text(self) -> str:
+        """Text of the last user message: what scripted rules match against."""
+        for message in reversed(self.messages):
+            if message.get("role") == "user":
+                return content_text(message.get("content"))
+        return ""
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's content (a string or a list of text parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
+    return ""
+
+
+def resolve_model(name: str, models: Collection[str]) -> str | None:
+    """The listed model ``name`` stands for, or None when the sandbox does not serve it."""
+    if name in models:
+        return name
+    if name.endswith(SANDBOX_SUFFIX) and name[: -len(SANDBOX_SUFFIX)] in models:
+        return name[: -len(SANDBOX_SUFFIX)]
+    return None
+
+
+def _int_param(body: dict[str, Any], name: str, low: int, high: int | None) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise wrong_type(name, "an integer", value)
+    if value < low:
+        raise APIError(
+            400,
+            f"Invalid '{name}': integer below minimum value. Expected a value >= {low}, "
+            f"but got {value} instead.",
+            param=name,
+            code="integer_below_min_value",
+        )
+    if high is not None and value > high:
+        raise APIError(
+            400,
+            f"Invalid '{name}': integer above maximum value. Expected a value <= {high}, "
+            f"but got {value} instead.",
+            param=name,
+            code="integer_above_max_value",
+        )
+    return value
+
+
+def _check_messages(messages: Any) -> list[dict[str, Any]]:
+    if not isinstance(messages, list):
+        raise wrong_type("messages", "an array", messages)
+    if not messages:
+        raise APIError(
+            400,
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, "
+            "but got an empty array instead.",
+            param="messages",
+            code="empty_array",
+        )
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise wrong_type(where, "an object", message)
+        role = message.get("role")
+        if role is None:
+            raise missing(f"{where}.role")
+        if role not in ROLES:
+            supported = ", ".join(f"'{r}'" for r in ROLES[:-1]) + f", and '{ROLES[-1]}'"
+            raise APIError(
+                400,
+                f"Invalid value: '{role}'. Supported values are: {supported}.",
+                param=f"{where}.role",
+                code="invalid_value",
+            )
+        content = message.get("content")
+        if content is None and role != "assistant":
+            raise missing(f"{where}.content")
+        if content is not None and not isinstance(content, str | list):
+            raise wrong_type(f"{where}.content", "one of a string or array of objects", content)
+    return messages
+
+
+def _strict_errors(schema: Any, path: tuple[str, ...]) -> str | None:
+    """The first rule of OpenAI's strict mode ``schema`` breaks, worded as OpenAI words it."""
+    if not isinstance(schema, dict):
+        return None
+    if schema.get("type") == "object" or "properties" in schema:
+        props = schema.get("properties") or {}
+        if schema.get("additionalProperties") is not False:
+            return (
+                f"In context={path}, 'additionalProperties' is required to be supplied "
+                "and to be false."
+            )
+        required = schema.get("required") or []
+        lacking = [name for name in props if name not in required]
+        if lacking:
+            return (
+                f"In context={path}, 'required' is required to be supplied and to be an array "
+                f"including every key in properties. Missing '{lacking[0]}'."
+            )
+        for name, sub in props.items():
+            found = _strict_errors(sub, (*path, "properties", name))
+            if found:
+                return found
+    for key in ("items",):
+        found = _strict_errors(schema.get(key), (*path, key))
+        if found:
+            return found
+    for key in ("anyOf", "allOf", "oneOf"):
+        for i, sub in enumerate(schema.get(key) or []):
+            found = _strict_errors(sub, (*path, key, str(i)))
+            if found:
+                return found
+    for key in ("$defs", "definitions"):
+        for name, sub in (schema.get(key) or {}).items():
+            found = _strict_errors(sub, (*path, key, name))
+            if found:
+                return found
+    return None
+
+
+def _check_response_format(fmt: Any, messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise wrong_type("response_format", "an object", fmt)
+    kind = fmt.get("type")
+    if kind is None:
+        raise missing("response_format.type")
+    if kind not in ("text", "json_object", "json_schema"):
+        raise APIError(
+            400,
+            f"Invalid value: '{kind}'. Supported values are: 'text', 'json_object', "
+            "and 'json_schema'.",
+            param="response_format.type",
+            code="invalid_value",
+        )
+    if kind == "json_object":
+        text = " ".join(content_text(m.get("content")) for m in messages).lower()
+        if "json" not in text:
+            raise APIError(
+                400,
+                "'messages' must contain the word 'json' in some form, to use "
+                "'response_format' of type 'json_object'.",
+                param="messages",
+            )
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if spec is None:
+            raise missing("response_format.json_schema")
+        if not isinstance(spec, dict):
+            raise wrong_type("response_format.json_schema", "an object", spec)
+        name = spec.get("name")
+        if name is None:
+            raise missing("response_format.json_schema.name")
+        if not isinstance(name, str) or not _SCHEMA_NAME.match(name):
+            raise APIError(
+                400,
+                f"Invalid 'response_format.json_schema.name': string does not match pattern. "
+                f"Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'.",
+                param="response_format.json_schema.name",
+                code="invalid_value",
+            )
+        schema = spec.get("schema", {})
+        if not isinstance(schema, dict):
+            raise wrong_type("response_format.json_schema.schema", "an object", schema)
+        if spec.get("strict"):
+            if schema.get("type") != "object":
+                problem = (
+                    "schema must be a JSON Schema of 'type: \"object\"', "
+                    f"got 'type: \"{schema.get('type')}\"'."
+                )
+            else:
+                problem = _strict_errors(schema, ()) or ""
+            if problem:
+                raise APIError(
+                    400,
+                    f"Invalid schema for response_format '{name}': {problem}",
+                    param="response_format",
+                    code="invalid_json_schema",
+                )
+    return fmt
+
+
+def validate_chat(body: Any, models: Collection[str]) -> ChatRequest:
+    """Check a chat completion body the way OpenAI does; raise :class:`APIError` if it fails."""
+    if not isinstance(body, dict):
+        raise APIError(
+            400,
+            f"Invalid type for the request body: expected an object, but got {describe_body(body)}"
+            " instead.",
+            code="invalid_type",
+        )
+    model = body.get("model")
+    if model is None:
+        raise APIError(400, "you must provide a model parameter", param="model")
+    if not isinstance(model, str):
+        raise wrong_type("model", "a string", model)
+    if "messages" not in body:
+        raise missing("messages")
+    messages = _check_messages(body["messages"])
+    for name in body:
+        if name not in KNOWN_PARAMS:
+            raise APIError(400, f"Unrecognized request argument supplied: {name}", param=name)
+    base = resolve_model(model, models)
+    if base is None:
+        raise APIError(
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            code="model_not_found",
+        )
+    if body.get("stream"):
+        raise APIError(
+            400,
+            "Streaming is not supported by the rowprompt sandbox.",
+            param="stream",
+            code="unsupported_value",
+        )
+    if body.get("max_tokens") is not None and base.startswith(("gpt-5", "o1", "o3", "o4")):
+        raise APIError(
+            400,
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.",
+            param="max_tokens",
+            code="unsupported_parameter",
+        )
+    n = _int_param(body, "n", 1, 128) or 1
+    max_tokens = _int_param(body, "max_completion_tokens", 1, None)
+    legacy = _int_param(body, "max_tokens", 1, None)
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+            raise wrong_type("temperature", "a decimal", temperature)
+        if not 0 <= temperature <= 2:
+            raise APIError(
+                400,
+                f"Invalid 'temperature': decimal out of range. Expected a value between 0 and 2, "
+                f"but got {temperature} instead.",
+                param="temperature",
+                code="decimal_out_of_range",
+            )
+    fmt = _check_response_format(body.get("response_format"), messages)
+    return ChatRequest(
+        body=body,
+        model=model,
+        base_model=base,
+        messages=messages,
+        n=n,
+        max_tokens=max_tokens if max_tokens is not None else legacy,
+        response_format=fmt,
+    )
+
+
+def describe_body(body: Any) -> str:
+    """The JSON type of a body, as OpenAI's messages name it."""
+    from .errors import describe
+
+    return describe(body)
