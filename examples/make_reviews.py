@@ -1,10 +1,12 @@
 """Generate examples/reviews.csv: 300 product reviews for demos and tests, deterministically.
 
 Run ``python examples/make_reviews.py``; it writes ``reviews.csv`` and ``sandbox-rules.json``
-next to itself. Both are committed, so only rerun it after changing this script. Each review is assembled from fragments chosen by
-its star rating (1-2 negative, 3 neutral, 4-5 positive), so the scripted sandbox answers in
-``sandbox-rules.json`` agree with the rating for most rows. After writing, the script checks
-that agreement and fails under 90%.
+next to itself. Both are committed, so only rerun it after changing this script.
+
+Each review is assembled from fragments chosen by its star rating (1-2 negative, 3 neutral,
+4-5 positive), so the scripted sandbox answers in ``sandbox-rules.json`` agree with the rating
+for most rows; a few hand-written hard cases (sarcasm, negation) fool the keyword rules on
+purpose. After writing, the script checks that agreement and fails under 90%.
 
 The data carries realistic awkward content on purpose: commas and quotes, a newline inside a
 cell, non-ASCII text and emoji, reviews starting with ``=``, ``-``, ``+`` or ``@`` (spreadsheet
@@ -30,46 +32,236 @@ DEMO_PROMPT = (
     "Answer with one word.\n\nReview: {review}"
 )
 
-# product -> (category, short noun used in the text)
-PRODUCTS: dict[str, tuple[str, str]] = {
-    "Stainless Steel Electric Kettle": ("kitchen", "kettle"),
-    "Cast Iron Skillet 10in": ("kitchen", "skillet"),
-    "Burr Coffee Grinder": ("kitchen", "grinder"),
-    "Air Fryer 5.8 qt": ("kitchen", "air fryer"),
-    "Chef's Knife 8-inch": ("kitchen", "knife"),
-    "Crème Brûlée Torch": ("kitchen", "torch"),
-    "Glass Food Storage Set": ("kitchen", "containers"),
-    "Wireless Earbuds": ("electronics", "earbuds"),
-    "Noise-Cancelling Headphones": ("electronics", "headphones"),
-    "USB-C Charging Hub": ("electronics", "hub"),
-    "Portable Bluetooth Speaker": ("electronics", "speaker"),
-    "Smart Watch Series 3": ("electronics", "watch"),
-    "1080p Webcam": ("electronics", "webcam"),
-    "Mechanical Keyboard": ("electronics", "keyboard"),
-    "Memory Foam Pillow": ("home", "pillow"),
-    "LED Desk Lamp": ("home", "lamp"),
-    "Robot Vacuum": ("home", "vacuum"),
-    "Blackout Curtains": ("home", "curtains"),
-    'Cotton Bath Towels, Set of 4 ("Hotel" line)': ("home", "towels"),
-    "Aroma Diffuser": ("home", "diffuser"),
-    "Yoga Mat": ("outdoor", "mat"),
-    "Insulated Water Bottle 32oz": ("outdoor", "bottle"),
-    "Trail Running Shoes": ("outdoor", "shoes"),
-    "Camping Tent, 2-Person": ("outdoor", "tent"),
-    "Adjustable Dumbbells": ("outdoor", "dumbbells"),
-    "Bike Helmet": ("outdoor", "helmet"),
-    "Electric Toothbrush": ("personal", "toothbrush"),
-    "Ionic Hair Dryer": ("personal", "hair dryer"),
-    "Vitamin C Serum": ("personal", "serum"),
-    "Beard Trimmer": ("personal", "trimmer"),
-    "Wooden Building Blocks": ("kids", "blocks"),
-    "Board Game: Harbour Lights": ("kids", "game"),
-    "Dog Harness": ("pets", "harness"),
-    "Cat Scratching Post": ("pets", "scratching post"),
-    "Automatic Pet Feeder": ("pets", "feeder"),
-    "Ergonomic Office Chair": ("office", "chair"),
-    "Fountain Pen": ("office", "pen"),
-    "Monitor Arm": ("office", "monitor arm"),
+# product -> (noun used in the text, then one positive, one negative, one neutral detail)
+PRODUCTS: dict[str, tuple[str, str, str, str]] = {
+    "Stainless Steel Electric Kettle": (
+        "kettle",
+        "Boils a full jug in under three minutes.",
+        "The lid hinge broke in the first week.",
+        "It's louder than I expected when it boils.",
+    ),
+    "Cast Iron Skillet 10in": (
+        "skillet",
+        "The sear on a steak is perfect, and it came nicely pre-seasoned.",
+        "It arrived with rust spots and a cracked handle.",
+        "It's heavy, so two hands are needed.",
+    ),
+    "Burr Coffee Grinder": (
+        "grinder",
+        "The grind is even from espresso to French press.",
+        "Grounds go everywhere and the burr stopped working after a month.",
+        "The grind is fine, the static is annoying.",
+    ),
+    "Air Fryer 5.8 qt": (
+        "air fryer",
+        "Chips come out crisp in twelve minutes.",
+        "The non-stick coating is peeling after five uses, terrible.",
+        "The basket is smaller than it looks.",
+    ),
+    "Chef's Knife 8-inch": (
+        "knife",
+        "Razor sharp, and the balance is wonderful.",
+        "The edge chipped on a pumpkin, poor quality steel.",
+        "It needs sharpening more often than my old one.",
+    ),
+    "Crème Brûlée Torch": (
+        "torch",
+        "Caramelises a crème brûlée in seconds.",
+        "The igniter is defective, it takes ten clicks to light.",
+        "Refilling the butane is fiddly.",
+    ),
+    "Glass Food Storage Set": (
+        "storage set",
+        "The lids seal tight and nothing leaks in my bag.",
+        "Two lids cracked in the dishwasher.",
+        "The lids are a bit stiff to close.",
+    ),
+    "Wireless Earbuds": (
+        "pair of earbuds",
+        "Battery lasts all day and pairing was instant.",
+        "The left one died within a week and support offered no refund.",
+        "They fall out when I run, fine at a desk.",
+    ),
+    "Noise-Cancelling Headphones": (
+        "pair of headphones",
+        "The noise cancelling on a plane is amazing.",
+        "The headband cracked at the hinge after two months.",
+        "Comfortable for an hour, then they press on my ears.",
+    ),
+    "USB-C Charging Hub": (
+        "hub",
+        "Runs two monitors and charges my laptop at the same time.",
+        "It gets hot and disconnects my drives, useless.",
+        "Only one port does fast charging.",
+    ),
+    "Portable Bluetooth Speaker": (
+        "speaker",
+        "The sound is crisp and the bass is great for its size.",
+        "It stopped charging after the first rain, and it's sold as waterproof.",
+        "Loud enough for a small room, not for a garden party.",
+    ),
+    "Smart Watch Series 3": (
+        "watch",
+        "Tracks my runs and sleep accurately.",
+        "The strap broke and the screen scratches if you look at it.",
+        "The app is clunky, the watch itself works.",
+    ),
+    "1080p Webcam": (
+        "webcam",
+        "The picture is sharp even in a dim room.",
+        "The image is grainy and the mic picks up nothing, not worth it.",
+        "The clip is wobbly on a thin monitor.",
+    ),
+    "Mechanical Keyboard": (
+        "keyboard",
+        "The switches feel fantastic and typing is a joy.",
+        "Three keys stopped working within a month.",
+        "It's louder than my colleagues would like.",
+    ),
+    "Memory Foam Pillow": (
+        "pillow",
+        "My neck pain is gone after a week.",
+        "It smells of chemicals even after airing for a week, awful.",
+        "It took a few nights to get used to.",
+    ),
+    "LED Desk Lamp": (
+        "lamp",
+        "Five brightness levels and a warm setting for the evening, perfect.",
+        "It flickers constantly, I'm returning it.",
+        "The base is light, so it tips if you bump it.",
+    ),
+    "Robot Vacuum": (
+        "vacuum",
+        "It maps the flat and picks up all the dog hair.",
+        "It gets stuck under the sofa every day and the app is useless.",
+        "It misses the corners, the rest is clean.",
+    ),
+    "Blackout Curtains": (
+        "curtain set",
+        "The bedroom is pitch dark at noon now.",
+        "Light comes straight through, they're flimsy.",
+        "The colour is a bit darker than the photos.",
+    ),
+    'Cotton Bath Towels, Set of 4 ("Hotel" line)': (
+        "towel set",
+        "Soft and thick, like the ones in a hotel.",
+        "They shed lint everywhere and went rough after one wash, poor quality.",
+        "They take a while to dry on the rail.",
+    ),
+    "Aroma Diffuser": (
+        "diffuser",
+        "Quiet, and the whole room smells lovely for hours.",
+        "It leaks water onto the shelf, a waste of money.",
+        "The light can't be switched off, which I didn't know.",
+    ),
+    "Yoga Mat": (
+        "mat",
+        "Good grip even in hot yoga, and it doesn't slide.",
+        "It tore at the corner in the second week.",
+        "It's thinner than the listing suggests.",
+    ),
+    "Insulated Water Bottle 32oz": (
+        "bottle",
+        "Ice is still there after a full day in the car.",
+        "The lid leaks in my bag, I regret buying it.",
+        "It doesn't fit my car's cup holder.",
+    ),
+    "Trail Running Shoes": (
+        "pair of shoes",
+        "Comfortable from the first run, no break-in needed.",
+        "The sole came off after 80 km, junk.",
+        "They run a little small, so order a size up.",
+    ),
+    "Camping Tent, 2-Person": (
+        "tent",
+        "Pitched it alone in ten minutes and it stayed dry all night.",
+        'The "waterproof" label is a joke, it leaked on night one.',
+        "Two people fit, their bags don't.",
+    ),
+    "Adjustable Dumbbells": (
+        "dumbbell set",
+        "Switching weights takes a second, and it saves so much space.",
+        "The dial jammed and a plate fell on the floor, don't buy.",
+        "The handles are thicker than standard ones.",
+    ),
+    "Bike Helmet": (
+        "helmet",
+        "Light, well ventilated, and the fit is excellent.",
+        "The buckle cracked on the second ride.",
+        "It runs large, the pads help a bit.",
+    ),
+    "Electric Toothbrush": (
+        "toothbrush",
+        "My dentist noticed the difference at my last check-up.",
+        "The battery died after ten uses, awful.",
+        "Replacement heads are expensive.",
+    ),
+    "Ionic Hair Dryer": (
+        "hair dryer",
+        "Dries my thick hair in half the time, and it's quiet.",
+        "It smells of burning plastic on the high setting, defective.",
+        "The cord is shorter than I'd like.",
+    ),
+    "Vitamin C Serum": (
+        "serum",
+        "My skin has never looked better.",
+        "It gave me a rash, so I'm returning it.",
+        "Results are subtle, it takes a few weeks to see anything.",
+    ),
+    "Beard Trimmer": (
+        "trimmer",
+        "The guards click on firmly and the trim is even.",
+        "Pulls hair instead of cutting it, terrible.",
+        "The battery indicator is vague.",
+    ),
+    "Wooden Building Blocks": (
+        "block set",
+        "My kids play with them every single day.",
+        "The paint chipped within a day, poor quality for a toy.",
+        "Some pieces are rough around the edges.",
+    ),
+    "Board Game: Harbour Lights": (
+        "game",
+        "Best game night we've had in years, the whole family loved it.",
+        "Pieces were missing and the box arrived broken.",
+        "The rules take a while to learn.",
+    ),
+    "Dog Harness": (
+        "harness",
+        "My dog doesn't pull anymore.",
+        "The buckle broke on the second walk.",
+        "Sizing is a little off, measure your dog first.",
+    ),
+    "Cat Scratching Post": (
+        "scratching post",
+        "The cat ignored everything else we bought, she loves this one.",
+        "My cat shredded it in a week and it fell apart.",
+        "The cat took a week to get used to it.",
+    ),
+    "Automatic Pet Feeder": (
+        "feeder",
+        "Feeds on time every day, even while we were away for a weekend.",
+        "The timer is defective, it fed twice at midnight.",
+        "Setting the schedule is fiddly.",
+    ),
+    "Ergonomic Office Chair": (
+        "chair",
+        "My back pain is gone after a month.",
+        "The gas lift failed and it sinks every hour, terrible.",
+        "Assembly took about an hour.",
+    ),
+    "Fountain Pen": (
+        "pen",
+        "Writes smoothly and feels wonderful in the hand.",
+        "It leaks ink everywhere, I want a refund.",
+        "It's a bit scratchy on cheap paper.",
+    ),
+    "Monitor Arm": (
+        "monitor arm",
+        "Rock solid, and it freed up half my desk.",
+        "Two screws were missing and the arm droops, junk.",
+        "The cable clips are flimsy, the arm is solid.",
+    ),
 }
 
 # Sentiment words the rules key on. Positive and negative fragments never use the neutral
@@ -195,136 +387,28 @@ OPENERS = {
     ],
 }
 
-# Details by category and sentiment; free of the other sentiments' keywords.
-ASPECTS: dict[str, dict[str, list[str]]] = {
-    "kitchen": {
-        "positive": [
-            "It heats up fast and cleans up in seconds.",
-            "Everything I've cooked with it came out perfectly.",
-            "Feels solid, and the handle stays cool.",
-        ],
-        "negative": [
-            "The coating started peeling after the third wash, which is terrible.",
-            "The lid broke off the first time I used it.",
-            "Useless for anything but the lightest jobs.",
-        ],
-        "neutral": [
-            "It heats evenly, though the handle gets warm.",
-            "Cleaning takes a while, the results are fine.",
-        ],
-    },
-    "electronics": {
-        "positive": [
-            "Battery lasts all day and pairing was instant.",
-            "The sound is crisp and the bass is wonderful.",
-            "Setup took five minutes and it has worked perfectly since.",
-        ],
-        "negative": [
-            "The battery died within a week and support offered no refund.",
-            "It disconnects constantly, useless on calls.",
-            "The charging port cracked after a few days.",
-        ],
-        "neutral": [
-            "Battery life is about what the box says.",
-            "Pairing works, the app is clunky.",
-        ],
-    },
-    "home": {
-        "positive": [
-            "The whole room feels different now, I love it.",
-            "Soft, sturdy and the colour is exactly as pictured.",
-            "Quiet, easy to set up, and it looks great in the bedroom.",
-        ],
-        "negative": [
-            "The stitching came apart in the first wash, poor quality.",
-            "It is much smaller than pictured, very disappointing.",
-            "The motor is loud and it stopped working after a month.",
-        ],
-        "neutral": [
-            "The colour is a bit darker than the photos.",
-            "It's smaller than I pictured, but it fits.",
-        ],
-    },
-    "outdoor": {
-        "positive": [
-            "Took it on a ten-day trip and it held up perfectly.",
-            "Comfortable from the first day, no break-in needed.",
-            "Light, tough, and great in the rain.",
-        ],
-        "negative": [
-            "The seam split on the second outing, total junk.",
-            'The "waterproof" label is a joke, it leaked on day one.',
-            "The strap broke on my first run.",
-        ],
-        "neutral": [
-            "Runs a little small, so order a size up.",
-            "It's heavier than the listing suggests.",
-        ],
-    },
-    "personal": {
-        "positive": [
-            "My skin has never looked better, I'm impressed.",
-            "Charges quickly and the battery lasts for weeks.",
-            "Gentle, quiet and easy to hold.",
-        ],
-        "negative": [
-            "It gave me a rash, so I'm returning it.",
-            "The battery died after ten uses, awful.",
-            "Pulls hair instead of cutting it, useless.",
-        ],
-        "neutral": [
-            "Results are subtle, it takes a few weeks to see anything.",
-            "It's louder than my old one.",
-        ],
-    },
-    "kids": {
-        "positive": [
-            "My kids play with it every single day, best gift this year.",
-            "Beautifully made, and the whole family loved it.",
-            "Great for rainy afternoons.",
-        ],
-        "negative": [
-            "Pieces were missing and the box arrived broken.",
-            "The paint chipped within a day, poor quality for a toy.",
-            "My daughter was bored in ten minutes, disappointing.",
-        ],
-        "neutral": [
-            "The rules take a while to learn.",
-            "Some pieces are rough around the edges.",
-        ],
-    },
-    "pets": {
-        "positive": [
-            "My dog doesn't pull anymore, fantastic.",
-            "The cat ignored everything else, she loves this one.",
-            "Sturdy and easy to clean, highly recommend it to any pet owner.",
-        ],
-        "negative": [
-            "The buckle broke on the second walk.",
-            "My cat shredded it in a week, it fell apart.",
-            "The timer is defective, it fed twice at midnight.",
-        ],
-        "neutral": [
-            "The cat took a week to get used to it.",
-            "Sizing is a little off, measure first.",
-        ],
-    },
-    "office": {
-        "positive": [
-            "My back pain is gone after a month, excellent.",
-            "Writes smoothly and feels wonderful in the hand.",
-            "Rock solid, and it freed up half my desk. Highly recommend it.",
-        ],
-        "negative": [
-            "The gas lift failed and it sinks every hour, terrible.",
-            "It leaks ink everywhere, I want a refund.",
-            "Two screws were missing and the arm droops, junk.",
-        ],
-        "neutral": [
-            "Assembly took about an hour.",
-            "It's comfortable enough for a few hours.",
-        ],
-    },
+# Details that fit any product; free of the other sentiments' words and the neutral markers.
+GENERIC = {
+    "positive": [
+        "Feels solid and well made.",
+        "Setup took five minutes and it has worked perfectly since.",
+        "Would buy again without thinking.",
+        "Easy to clean, easy to use.",
+        "It looks great on the shelf too.",
+        "Highly recommend it.",
+    ],
+    "negative": [
+        "Customer service never answered my emails.",
+        "The instructions were useless and half the parts didn't fit.",
+        "I'm still waiting for my refund.",
+        "Would not recommend to anyone.",
+        "The photos make it look far better than it is.",
+    ],
+    "neutral": [
+        "Some good points, some bad.",
+        "Hard to say if it's worth the money yet.",
+        "The packaging was excessive.",
+    ],
 }
 
 # Context sentences with no sentiment words at all.
@@ -354,7 +438,7 @@ SPECIALS: list[tuple[int, str]] = [
     (4, "+1 to everything the other reviews say, excellent build."),  # starts with "+"
     (2, "@seller: the one I got was defective, please contact me."),  # starts with "@"
     (3, ""),  # empty review text
-    (5, 'Really, really "good" - my wife says it\'s the best thing I\'ve bought all year 😍'),
+    (5, "Really, really \"good\" - my wife says it's the best thing I've bought all year 😍"),
     (1, "Update:\nIt stopped working after 40 days. Waste of money."),
     (5, "Très bien! Great quality, the whole family uses it. Grüße aus Köln 👍"),
     (4, "I was disappointed by my last brand, but this one is impressive."),  # hard: negative
@@ -384,23 +468,24 @@ def style(text: str, rng: random.Random) -> str:
     return text
 
 
-def make_review(rating: int, noun: str, category: str, rng: random.Random) -> str:
+def make_review(rating: int, product: str, rng: random.Random) -> str:
     """One to three sentences whose words match the rating's sentiment."""
     sentiment = sentiment_of(rating)
+    noun, *details = PRODUCTS[product]
+    own = dict(zip(("positive", "negative", "neutral"), details, strict=True))
     parts = [rng.choice(OPENERS[sentiment]).format(noun=noun)]
-    n_more = rng.choices([0, 1, 2], weights=[25, 45, 30])[0]
+    n_more = rng.choices([0, 1, 2], weights=[20, 45, 35])[0]
     extras: list[str] = []
     if n_more >= 1:
-        extras.append(rng.choice(ASPECTS[category][sentiment]))
+        extras.append(own[sentiment] if rng.random() < 0.6 else rng.choice(GENERIC[sentiment]))
     if n_more >= 2:
         extras.append(rng.choice(CONTEXT))
     rng.shuffle(extras)
     parts.extend(extras)
     text = " ".join(parts)
-    if rating == 3 and rng.random() < 0.3:
+    if rating == 3 and rng.random() < 0.35:
         # a three-star review often weighs a good point against a bad one
-        good = rng.choice(ASPECTS[category]["positive"]).rstrip(".")
-        bad = rng.choice(ASPECTS[category]["negative"])
+        good, bad = own["positive"].rstrip("."), own["negative"]
         text += f" {good}, but {bad[0].lower()}{bad[1:]}"
     return style(text, rng)
 
@@ -415,12 +500,11 @@ def generate() -> list[dict[str, str]]:
     rows = []
     for i in range(N_ROWS):
         product = rng.choice(products)
-        category, noun = PRODUCTS[product]
         if i in special_at:
             rating, text = special_at[i]
         else:
             rating = rng.choices(ratings, weights=weights)[0]
-            text = make_review(rating, noun, category, rng)
+            text = make_review(rating, product, rng)
         rows.append(
             {
                 "review_id": f"R{i + 1:04d}",
@@ -442,8 +526,9 @@ def write(rows: list[dict[str, str]], path: Path) -> None:
 
 def phrases_pattern(phrases: list[str]) -> str:
     """A regex matching any of the phrases as whole words; straight or curly apostrophes."""
-    words = [re.escape(p).replace("'", "['’]") for p in phrases if p[0].isalnum()]
-    symbols = [re.escape(p) for p in phrases if not p[0].isalnum()]
+    assert all(re.fullmatch(r"[\w ,'-]+|[^\w\s]+", p) for p in phrases), "no regex syntax"
+    words = [p.replace("'", "['’]") for p in phrases if p[0].isalnum()]
+    symbols = [p for p in phrases if not p[0].isalnum()]
     alternatives = [r"\b(?:" + "|".join(words) + r")\b", *symbols]
     return "(?:" + "|".join(alternatives) + ")" if symbols else alternatives[0]
 
@@ -456,19 +541,20 @@ def build_rules() -> list[dict[str, str]]:
     names a good and a bad point. Negative goes before positive, so "great, it broke" is
     negative. The last rule answers "neutral" for any other review.
     """
-    prefix = r"Classify the sentiment[\s\S]*Review:[\s\S]*"
+    # (?i) inline, so the rules match the same whether or not the loader adds IGNORECASE
+    prefix = r"(?i)Classify the sentiment[\s\S]*Review:[\s\S]*"
     return [
         {"pattern": prefix + phrases_pattern(NEUTRAL_MARKERS), "answer": "neutral"},
         {"pattern": prefix + phrases_pattern(NEGATIVE_WORDS), "answer": "negative"},
         {"pattern": prefix + phrases_pattern(POSITIVE_WORDS), "answer": "positive"},
-        {"pattern": r"Classify the sentiment", "answer": "neutral"},
+        {"pattern": r"(?i)Classify the sentiment", "answer": "neutral"},
     ]
 
 
 def sandbox_answer(rules: list[dict[str, str]], message: str) -> str | None:
     """What the sandbox's scripted rules answer: first match wins."""
     for rule in rules:
-        if re.search(rule["pattern"], message, re.IGNORECASE):
+        if re.search(rule["pattern"], message):
             return rule["answer"]
     return None
 

@@ -2,10 +2,19 @@
 
 >>> import rowprompt
 >>> table = rowprompt.run("reviews.csv", prompt="Sentiment of: {{ review }}", mode="batch")
+
+The public names load on first use, so ``import rowprompt.errors`` (or the sandbox) does not
+pull in pandas and the SDK.
 """
 
-from rowprompt.api import Estimate, Job, JobStatus, estimate, run, submit
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from rowprompt.errors import RowpromptError
+
+if TYPE_CHECKING:
+    from rowprompt.api import Estimate, Job, JobStatus, estimate, run, submit
 
 __version__ = "0.1.0"
 
@@ -19,3 +28,13 @@ __all__ = [
     "run",
     "submit",
 ]
+
+_LAZY = {"Estimate", "Job", "JobStatus", "estimate", "run", "submit"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from rowprompt import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'rowprompt' has no attribute {name!r}")

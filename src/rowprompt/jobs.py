@@ -61,8 +61,9 @@ VIA_CACHE = "cache"
 class JobSpec:
     """Everything that decides what a job asks; its hash is the job's identity.
 
-    ``mode``, output paths and throttles are not part of the identity: changing them and
-    running again continues the same job.
+    Output paths and throttles are not part of the identity: changing them and running again
+    continues the same job. The mode is: a job run again in another mode is a new job, whose
+    rows already answered come from the cache (``_via`` ``cache``) instead of being paid again.
     """
 
     input_hash: str
@@ -73,6 +74,7 @@ class JobSpec:
     base_url: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     answer_spec: str = "text"
+    mode: str = "auto"
     id_column: str | None = None
     sheet: str | None = None
     limit: int | None = None

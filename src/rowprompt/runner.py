@@ -35,6 +35,7 @@ MODES = ("realtime", "batch", "hybrid", "auto")
 AUTO_BATCH_MIN_ROWS = 1000
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_CONCURRENCY = 32
+HYBRID_PREVIEW_ROWS = 20
 
 T = TypeVar("T")
 
@@ -158,6 +159,7 @@ def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) 
         base_url=options.base_url,
         params=_params(options),
         answer_spec=options.output_type,
+        mode=options.mode,
         id_column=options.id_column,
         sheet=options.sheet,
         limit=options.limit,
@@ -294,8 +296,6 @@ class Runner:
         mode = self.options.mode
         if mode == "auto":
             return "batch" if rows_left >= AUTO_BATCH_MIN_ROWS else "realtime"
-        if mode == "hybrid":
-            return "batch"
         return mode
 
     # -- running ----------------------------------------------------------------------------
@@ -323,7 +323,9 @@ class Runner:
         progress = self.ledger.progress(job.id)
         if check is not None and not progress.complete:
             await check(self.prepared.spec.model)
-        batch = BatchEngine(provider, self.ledger, ctx, poll_interval=self.options.poll_interval)
+        # The in-process sandbox finishes batches in seconds: no need to wait minutes between looks.
+        poll = min(self.options.poll_interval, 0.5) if opened.in_process else self.options.poll_interval
+        batch = BatchEngine(provider, self.ledger, ctx, poll_interval=poll)
         # Batches a previous run submitted are followed to the end whatever the mode now.
         if self.ledger.shards(job.id, active_only=True):
             await batch.resume_unsubmitted()
@@ -346,6 +348,16 @@ class Runner:
                 if self.ledger.shards(job.id, active_only=True) and not self.options.detach:
                     await batch.run(wait=True)
             else:
+                if mode == "hybrid":
+                    # A first look in real time, the bulk through the Batch API.
+                    preview = RealtimeEngine(
+                        provider,
+                        self.ledger,
+                        ctx,
+                        limiter=Limiter(self.options.rpm, self.options.tpm),
+                        concurrency=self.options.concurrency or DEFAULT_CONCURRENCY,
+                    )
+                    await preview.run(max_rows=HYBRID_PREVIEW_ROWS)
                 await batch.run(wait=not self.options.detach)
         finally:
             heart.cancel()
@@ -407,8 +419,7 @@ def options_for_job(job: JobRecord, base: RunOptions | None = None) -> RunOption
     options.id_column, options.sheet, options.limit = spec.id_column, spec.sheet, spec.limit
     options.max_tokens = spec.params.get("max_completion_tokens") or spec.params.get("max_tokens")
     options.temperature = spec.params.get("temperature")
-    if options.mode == "auto" and job.mode:
-        options.mode = job.mode
+    options.mode = spec.mode
     return options
 
 

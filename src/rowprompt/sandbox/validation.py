@@ -7,7 +7,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import APIError, missing, wrong_type
+from .errors import APIError, describe, missing, wrong_type
 
 SANDBOX_SUFFIX = "-sandbox"
 
@@ -236,7 +236,7 @@ def validate_chat(body: Any, models: Collection[str]) -> ChatRequest:
     if not isinstance(body, dict):
         raise APIError(
             400,
-            f"Invalid type for the request body: expected an object, but got {describe_body(body)}"
+            f"Invalid type for the request body: expected an object, but got {describe(body)}"
             " instead.",
             code="invalid_type",
         )
@@ -299,9 +299,3 @@ def validate_chat(body: Any, models: Collection[str]) -> ChatRequest:
         response_format=fmt,
     )
 
-
-def describe_body(body: Any) -> str:
-    """The JSON type of a body, as OpenAI's messages name it."""
-    from .errors import describe
-
-    return describe(body)
