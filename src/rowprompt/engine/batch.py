@@ -193,6 +193,9 @@ class BatchEngine:
                     self._lose(shard, f"the provider no longer knows batch {shard.batch_id}")
                     continue
                 raise
+            if info.status != shard.status:
+                counts = f" ({info.completed}/{info.total} done)" if info.total else ""
+                self.ctx.say(f"batch {info.id}: {info.status}{counts}")
             self.ledger.update_shard(
                 self.ctx.job_id,
                 shard.number,

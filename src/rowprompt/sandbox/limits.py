@@ -45,8 +45,9 @@ class Bucket:
 
     def refill(self, now: float) -> None:
         """Top the bucket up for the time since the last look."""
-        self.level = min(float(self.limit), self.level + (now - self.stamp) * self.limit / 60.0)
-        self.stamp = now
+        if now > self.stamp:
+            self.level = min(float(self.limit), self.level + (now - self.stamp) * self.limit / 60.0)
+            self.stamp = now
 
     def wait_for(self, amount: float) -> float:
         """Seconds until the bucket holds ``amount``."""

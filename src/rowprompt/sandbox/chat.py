@@ -1,0 +1,139 @@
+"""``POST /v1/chat/completions``: validation, faults, rate limits, latency, the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import time
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from rowprompt.tokens import count_messages
+
+from .errors import APIError, server_error
+from .limits import ORGANIZATION, RATE_LIMIT_URL, go_duration
+from .model import completion
+from .state import SandboxState
+from .validation import validate_chat
+
+_BAD_JSON = (
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+    "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
+    "sent was not valid JSON. If you have trouble figuring out how to fix this, please contact "
+    "us through our help center at help.openai.com.)"
+)
+
+
+def _messages_sha256(messages: Any) -> str:
+    raw = json.dumps(messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+def _storm_error(state: SandboxState, model: str, headers: dict[str, str]) -> APIError:
+    wait = state.faults.storm_wait()
+    limit = headers.get("x-ratelimit-limit-requests", "0")
+    error = APIError(
+        429,
+        f"Rate limit reached for {model} in organization {ORGANIZATION} on requests per min "
+        f"(RPM): Limit {limit}, Used {limit}, Requested 1. Please try again in "
+        f"{go_duration(wait)}. {RATE_LIMIT_URL}",
+        type="requests",
+        code="rate_limit_exceeded",
+        headers=dict(headers),
+    )
+    error.headers["x-ratelimit-remaining-requests"] = "0"
+    error.headers["retry-after-ms"] = str(max(1, round(wait * 1000)))
+    error.headers["retry-after"] = str(max(1, round(wait)))
+    return error
+
+
+async def chat_completion(state: SandboxState, request: Request) -> Response:
+    """Answer one chat completion request; every answer carries the rate-limit headers."""
+    started = time.perf_counter()
+    request_id = "req_" + secrets.token_hex(16)
+    headers = {
+        "x-request-id": request_id,
+        "openai-version": "2020-10-01",
+        "openai-organization": ORGANIZATION,
+    }
+    entry: dict[str, Any] = {
+        "time": time.time(),
+        "request_id": request_id,
+        "status": 0,
+        "model": None,
+        "prompt_tokens": None,
+        "messages_sha256": None,
+        "last_user_message": None,
+        "retry_count": request.headers.get("x-stainless-retry-count"),
+        "fault": None,
+    }
+    limit_model = state.config.models[0]
+    status = 200
+    try:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise APIError(400, _BAD_JSON) from None
+        if isinstance(body, dict) and isinstance(body.get("model"), str):
+            entry["model"] = body["model"]
+        req = validate_chat(body, state.models)
+        limit_model = req.base_model
+        entry["messages_sha256"] = _messages_sha256(req.messages)
+        entry["last_user_message"] = req.last_user_text[:500]
+        prompt = count_messages(req.messages, req.base_model)
+        entry["prompt_tokens"] = prompt
+        cost = prompt + (req.max_tokens or 0) * req.n
+        fault = state.faults.chat()
+        entry["fault"] = fault
+        if fault == "storm":
+            state.stats.count_rate_limited("storm")
+            state.stats.count_fault("rate_limit_storm")
+            headers.update(state.limiter.peek(limit_model))
+            raise _storm_error(state, req.model, headers)
+        admission = state.limiter.admit(limit_model, cost)
+        headers.update(admission.headers)
+        if admission.error is not None:
+            state.stats.count_rate_limited(admission.cause or "tokens")
+            raise admission.error
+        if fault == "drop":
+            state.stats.count_fault("dropped_connection")
+            request.scope["rowprompt"]["drop"] = True
+            status = 0
+            return Response(b"")
+        if fault == "error":
+            state.stats.count_fault("server_error")
+            raise server_error(state.faults.error_status())
+        if fault == "slow":
+            state.stats.count_fault("slow")
+            await asyncio.sleep(state.config.faults.slow_seconds)
+        delay = state.faults.latency(state.config.latency_ms, state.config.latency_jitter_ms)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        answer = completion(req, state.config.seed, state.rules, prompt)
+        state.stats.count_tokens(cost, prompt, answer["usage"]["completion_tokens"])
+        headers["openai-processing-ms"] = str(round((time.perf_counter() - started) * 1000))
+        return Response(
+            json.dumps(answer, ensure_ascii=False).encode("utf-8"),
+            headers=headers,
+            media_type="application/json",
+        )
+    except APIError as exc:
+        status = exc.status
+        if "x-ratelimit-limit-requests" not in headers:
+            headers.update(state.limiter.peek(limit_model))
+        merged = {**headers, **exc.headers}
+        merged["openai-processing-ms"] = str(round((time.perf_counter() - started) * 1000))
+        return Response(
+            json.dumps(exc.body()).encode("utf-8"),
+            status_code=exc.status,
+            headers=merged,
+            media_type="application/json",
+        )
+    finally:
+        entry["status"] = status
+        state.stats.log_request(entry)

@@ -1,0 +1,90 @@
+"""Faults on demand, drawn from the sandbox's seeded RNG so that a run can be replayed."""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+
+from .config import FaultConfig
+
+
+class FaultInjector:
+    """Decides which requests, batches and output lines get a fault."""
+
+    def __init__(self, config: FaultConfig, seed: int) -> None:
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.config = config
+        self._storm_left = 0
+        self._storm_until = 0.0
+        self._batches_seen = 0
+        self.set(config)
+
+    def set(self, config: FaultConfig) -> None:
+        """Replace the faults; storms and batch positions count from now."""
+        with self._lock:
+            self.config = config
+            self._storm_left = config.rate_limit_storm_requests
+            self._storm_until = time.monotonic() + config.rate_limit_storm_seconds
+            self._batches_seen = 0
+
+    def _draw(self, rate: float) -> bool:
+        return rate > 0 and self._rng.random() < rate
+
+    def chat(self) -> str | None:
+        """The fault for the next chat request: ``storm``, ``drop``, ``error``, ``slow`` or None."""
+        with self._lock:
+            cfg = self.config
+            if self._storm_left > 0:
+                self._storm_left -= 1
+                return "storm"
+            if time.monotonic() < self._storm_until:
+                return "storm"
+            if self._draw(cfg.drop_rate):
+                return "drop"
+            if self._draw(cfg.error_rate):
+                return "error"
+            if self._draw(cfg.slow_rate):
+                return "slow"
+            return None
+
+    def error_status(self) -> int:
+        """Which 5xx status an ``error`` fault answers with."""
+        with self._lock:
+            return self._rng.choice(self.config.error_statuses or [500])
+
+    def storm_wait(self) -> float:
+        """Seconds a storm 429 tells the client to wait."""
+        with self._lock:
+            left = self._storm_until - time.monotonic()
+            return max(self.config.storm_retry_after_s, left if left > 0 else 0.0)
+
+    def batch(self) -> str | None:
+        """The fault for a batch being created: ``fail``, ``expire`` or None."""
+        with self._lock:
+            cfg = self.config
+            self._batches_seen += 1
+            nth = self._batches_seen
+            if nth in cfg.batch_fail_nth or self._draw(cfg.batch_fail_rate):
+                return "fail"
+            if nth in cfg.batch_expire_nth or self._draw(cfg.batch_expire_rate):
+                return "expire"
+            return None
+
+    def drop_output_lines(self, count: int) -> set[int]:
+        """Indexes of succeeded output lines to leave out of the output file."""
+        with self._lock:
+            rate = self.config.output_drop_rate
+            if rate <= 0 or count == 0:
+                return set()
+            return set(self._rng.sample(range(count), min(count, math.ceil(count * rate))))
+
+    def latency(self, mean_ms: float, jitter_ms: float) -> float:
+        """Seconds of simulated latency: normal around the mean, never negative."""
+        if mean_ms <= 0 and jitter_ms <= 0:
+            return 0.0
+        with self._lock:
+            value = self._rng.gauss(mean_ms, jitter_ms) if jitter_ms > 0 else mean_ms
+        return max(0.0, value) / 1000.0
