@@ -126,8 +126,11 @@ def main() -> int:
     parser.add_argument("--in-process", action="store_true")
     parser.add_argument("--json", action="store_true", help="Print the figures as JSON too.")
     args = parser.parse_args()
-    print(f"sandbox chat throughput: {args.requests} requests, concurrency {args.concurrency}, "
-          f"latency 0, no limits ({'in-process thread' if args.in_process else 'own process'})")  # fmt: skip
+    where = "in-process thread" if args.in_process else "own process"
+    print(
+        f"sandbox chat throughput: {args.requests} requests, concurrency {args.concurrency}, "
+        f"latency 0, no limits ({where})"
+    )
     if args.in_process:
         from rowprompt.sandbox import Sandbox, SandboxConfig
 

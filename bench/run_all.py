@@ -11,9 +11,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    print(
-        f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}"
-    )
+    cpu = platform.processor() or "cpu"
+    print(f"machine: {platform.machine()}, {cpu}, Python {platform.python_version()}")
     failed = 0
     for script in sorted(HERE.glob("bench_*.py")):
         print(f"\n== {script.name} ==", flush=True)

@@ -197,7 +197,7 @@ def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     thread.join()
     if "error" in box:
         raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    return box["value"]
 
 
 @dataclass
@@ -324,7 +324,11 @@ class Runner:
         if check is not None and not progress.complete:
             await check(self.prepared.spec.model)
         # The in-process sandbox finishes batches in seconds: no need to wait minutes between looks.
-        poll = min(self.options.poll_interval, 0.5) if opened.in_process else self.options.poll_interval
+        poll = (
+            min(self.options.poll_interval, 0.5)
+            if opened.in_process
+            else self.options.poll_interval
+        )
         batch = BatchEngine(provider, self.ledger, ctx, poll_interval=poll)
         # Batches a previous run submitted are followed to the end whatever the mode now.
         if self.ledger.shards(job.id, active_only=True):

@@ -48,7 +48,8 @@ def _strip(node: Any, names: bool = False) -> Any:
         return {
             k: _strip(v, names=k == "properties" and not names)
             for k, v in node.items()
-            if names or k not in ("description", "example", "examples", "x-oaiMeta", "x-oaiTypeLabel")
+            if names
+            or k not in ("description", "example", "examples", "x-oaiMeta", "x-oaiTypeLabel")
         }
     if isinstance(node, list):
         return [_strip(v) for v in node]
@@ -78,8 +79,8 @@ def main() -> None:
     subset = {
         "x-source": (
             "openai/openai-openapi commit f85dbe2 (openapi.yaml, MIT licence); "
-            "BatchRequestOutput from branch manual_spec. Extracted by tests/data/extract_openapi.py; "
-            "descriptions and examples dropped."
+            "BatchRequestOutput from branch manual_spec. Extracted by "
+            "tests/data/extract_openapi.py; descriptions and examples dropped."
         ),
         "openapi": spec["openapi"],
         "components": {"schemas": closure(spec["components"]["schemas"], ROOTS)},

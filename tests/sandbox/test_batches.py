@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from openai import BadRequestError, NotFoundError, OpenAI
+from openai import BadRequestError, NotFoundError
 from openai.types import Batch
 
 from rowprompt.sandbox import Sandbox, expected_answer
@@ -116,7 +116,9 @@ VALIDATION_CASES: list[tuple[str, list[Any], str, int | None]] = [
 
 
 @pytest.mark.parametrize(
-    ("lines", "code", "line"), [c[1:] for c in VALIDATION_CASES], ids=[c[0] for c in VALIDATION_CASES]
+    ("lines", "code", "line"),
+    [c[1:] for c in VALIDATION_CASES],
+    ids=[c[0] for c in VALIDATION_CASES],
 )
 def test_validation_failures(
     make_sandbox: MakeSandbox, lines: list[Any], code: str, line: int | None

@@ -47,9 +47,7 @@ def test_file_object_validates_strictly(client: OpenAI) -> None:
 def test_list_pagination_order_and_purpose(make_sandbox: object) -> None:
     sb: Sandbox = make_sandbox()  # type: ignore[operator]
     client = client_for(sb)
-    ids = [
-        client.files.create(file=(f"f{i}.jsonl", b"{}\n"), purpose="batch").id for i in range(7)
-    ]
+    ids = [client.files.create(file=(f"f{i}.jsonl", b"{}\n"), purpose="batch").id for i in range(7)]
     other = client.files.create(file=("notes.txt", b"hello"), purpose="user_data")
     page = client.files.list(limit=3, purpose="batch")
     assert len(page.data) == 3 and page.has_more

@@ -78,9 +78,7 @@ def test_tokens_per_minute_counts_max_tokens_times_n(make_sandbox: MakeSandbox) 
         1000 - prompt - 199,  # refilled a little meanwhile
     )
     with pytest.raises(RateLimitError) as info:
-        client.chat.completions.create(
-            model="gpt-4o-mini", messages=MESSAGES, max_tokens=300, n=3
-        )
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=300, n=3)
     assert info.value.type == "tokens"
     assert "on tokens per min (TPM): Limit 1000" in info.value.message
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx2
 import pytest
-from openai import OpenAI
 from openai.types import Batch, FileObject
 from openai.types.chat import ChatCompletion
 from openapi_schema_validator import OAS31Validator, oas31_format_checker
@@ -44,7 +43,9 @@ def _nullable(node: Any) -> Any:
     if isinstance(props, dict):
         required = set(node.get("required") or [])
         out["properties"] = {
-            name: _nullable(sub) if name in required else {"anyOf": [_nullable(sub), {"type": "null"}]}
+            name: _nullable(sub)
+            if name in required
+            else {"anyOf": [_nullable(sub), {"type": "null"}]}
             for name, sub in props.items()
         }
     return out
@@ -139,13 +140,13 @@ def test_429_and_5xx_bodies(make_sandbox: Any, check: Callable[[str, Any], None]
     with pytest.raises(Exception):  # noqa: B017 - a 5xx, then a 429; both bodies are checked
         first.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
     headers = {"authorization": "Bearer sk-test"}
-    limited = httpx2.post(f"{sb.base_url}/chat/completions", headers=headers,
-                          json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
+    messages = [{"role": "user", "content": "x"}]
+    url = f"{sb.base_url}/chat/completions"
+    limited = httpx2.post(url, headers=headers, json={"model": "gpt-4o-mini", "messages": messages})
     assert limited.status_code == 429
     check("ErrorResponse", limited.json())
     sb.set_faults(FaultConfig(error_rate=1.0))
-    failed = httpx2.post(f"{sb.base_url}/chat/completions", headers=headers,
-                         json={"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
+    failed = httpx2.post(url, headers=headers, json={"model": "gpt-4o", "messages": messages})
     assert failed.status_code in (500, 503)
     check("ErrorResponse", failed.json())
 
@@ -192,7 +193,14 @@ def test_batches_in_every_state(make_sandbox: Any, check: Callable[[str, Any], N
     grab(cancelling.id)
     grab(wait_batch(client, cancelling.id).id)
     statuses = {b["status"] for b in bodies}
-    assert {"validating", "in_progress", "completed", "failed", "cancelling", "cancelled"} <= statuses
+    assert {
+        "validating",
+        "in_progress",
+        "completed",
+        "failed",
+        "cancelling",
+        "cancelled",
+    } <= statuses
     for body in bodies:
         check("Batch", body)
         Batch.model_validate(body, strict=True)

@@ -43,9 +43,12 @@ def test_rules_file(make_sandbox: MakeSandbox, rules_file: Path) -> None:
     assert _ask(sb, "capital of Peru?") == "The capital of Peru is unknown to the sandbox (Peru)."
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "no rule here"}]}
     assert _ask(sb, "no rule here") == expected_answer(body)
-    assert expected_answer(
-        {**body, "messages": [{"role": "user", "content": "Review: great"}]}, rules=rules_file
-    ) == "positive"
+    assert (
+        expected_answer(
+            {**body, "messages": [{"role": "user", "content": "Review: great"}]}, rules=rules_file
+        )
+        == "positive"
+    )
 
 
 def test_refusal_and_scripted_errors(make_sandbox: MakeSandbox) -> None:
@@ -100,7 +103,7 @@ def test_rules_in_batches(make_sandbox: MakeSandbox) -> None:
 )
 def test_bad_rules_are_refused(bad: list[dict[str, object]], tmp_path: Path) -> None:
     with pytest.raises(ValueError):
-        SandboxConfig(rules=bad) and Sandbox(SandboxConfig(rules=bad))
+        SandboxConfig(rules=bad)
     target = tmp_path / "rules.json"
     target.write_text(json.dumps(bad))
     with pytest.raises(ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -59,7 +60,7 @@ def open_provider(
         from rowprompt.sandbox import Sandbox, SandboxConfig
 
         rules = sandbox_rules or os.environ.get("ROWPROMPT_SANDBOX_RULES") or None
-        config = SandboxConfig(rules_file=rules) if rules else SandboxConfig()
+        config = SandboxConfig(rules_file=Path(rules)) if rules else SandboxConfig()
         sandbox = Sandbox(config)
         sandbox.start()
         provider = OpenAIProvider(

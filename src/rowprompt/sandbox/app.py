@@ -95,6 +95,8 @@ class SandboxASGI:
             await send(message)
 
         await self.app(scope, receive, tracking_send)
+        if path.startswith("/sandbox/"):
+            return  # looking at the stats must not change them
         if marker["drop"]:
             # Wait for the transport to report the loss, so the server sends nothing more.
             with contextlib.suppress(TimeoutError):
@@ -322,7 +324,10 @@ async def _upload(state: SandboxState, request: Request) -> dict[str, Any]:
     purpose = form.get("purpose")
     if upload is None or isinstance(upload, str):
         raise APIError(
-            400, "Missing required parameter: 'file'.", param="file", code="missing_required_parameter"
+            400,
+            "Missing required parameter: 'file'.",
+            param="file",
+            code="missing_required_parameter",
         )
     if purpose is None:
         raise APIError(

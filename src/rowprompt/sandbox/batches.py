@@ -444,7 +444,7 @@ class BatchManager:
         rng.shuffle(good)
         rng.shuffle(bad)
         ttl = record.output_ttl or DEFAULT_BATCH_FILE_TTL
-        if good or results and record.completed:
+        if good or (results and record.completed):
             data = await asyncio.to_thread(to_jsonl, good)
             stored = state.files.add(f"{record.id}_output.jsonl", "batch_output", data, ttl)
             record.output_file_id = stored.id

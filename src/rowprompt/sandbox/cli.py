@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -85,25 +86,26 @@ def sandbox_command(
         batch_expire_rate=batch_expire_rate,
         output_drop_rate=output_drop_rate,
     )
-    extra = {"models": [m.strip() for m in models.split(",") if m.strip()]} if models else {}
+    fields: dict[str, Any] = {
+        "seed": seed,
+        "rpm": rpm,
+        "tpm": tpm,
+        "latency_ms": latency_ms,
+        "latency_jitter_ms": latency_jitter_ms,
+        "rules_file": rules_file,
+        "batch_rows_per_second": batch_rows_per_second,
+        "batch_validating_seconds": batch_validating_seconds,
+        "batch_finalizing_seconds": batch_finalizing_seconds,
+        "time_scale": time_scale,
+        "max_batch_requests": max_batch_requests,
+        "max_batch_bytes": max_batch_bytes,
+        "enqueued_token_limit": batch_token_limit,
+        "faults": faults,
+    }
+    if models is not None:
+        fields["models"] = [m.strip() for m in models.split(",") if m.strip()]
     try:
-        config = SandboxConfig(
-            seed=seed,
-            rpm=rpm,
-            tpm=tpm,
-            latency_ms=latency_ms,
-            latency_jitter_ms=latency_jitter_ms,
-            rules_file=rules_file,
-            batch_rows_per_second=batch_rows_per_second,
-            batch_validating_seconds=batch_validating_seconds,
-            batch_finalizing_seconds=batch_finalizing_seconds,
-            time_scale=time_scale,
-            max_batch_requests=max_batch_requests,
-            max_batch_bytes=max_batch_bytes,
-            enqueued_token_limit=batch_token_limit,
-            faults=faults,
-            **extra,
-        )
+        config = SandboxConfig(**fields)
         from .state import SandboxState
 
         SandboxState(config)  # load the rules now, so a bad file is a clean error

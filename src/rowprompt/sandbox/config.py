@@ -26,26 +26,26 @@ class FaultConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    error_rate: float = Field(0.0, ge=0.0, le=1.0)
+    error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     """Fraction of chat requests answered with a 500 or 503 ``server_error``."""
     error_statuses: list[int] = Field(default_factory=lambda: [500, 503])
-    rate_limit_storm_requests: int = Field(0, ge=0)
+    rate_limit_storm_requests: int = Field(default=0, ge=0)
     """The next N chat requests get a 429, whatever the limits say."""
-    rate_limit_storm_seconds: float = Field(0.0, ge=0.0)
+    rate_limit_storm_seconds: float = Field(default=0.0, ge=0.0)
     """Every chat request gets a 429 for this many seconds from when the faults are set."""
-    storm_retry_after_s: float = Field(1.0, gt=0.0)
-    slow_rate: float = Field(0.0, ge=0.0, le=1.0)
+    storm_retry_after_s: float = Field(default=1.0, gt=0.0)
+    slow_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     """Fraction of chat requests that sleep ``slow_seconds`` before answering."""
-    slow_seconds: float = Field(5.0, ge=0.0)
-    drop_rate: float = Field(0.0, ge=0.0, le=1.0)
+    slow_seconds: float = Field(default=5.0, ge=0.0)
+    drop_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     """Fraction of chat requests whose connection is closed with no HTTP answer."""
-    batch_fail_rate: float = Field(0.0, ge=0.0, le=1.0)
+    batch_fail_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     batch_fail_nth: list[int] = Field(default_factory=list)
     """1-based positions, counted in batches created after the faults are set, that fail."""
-    batch_expire_rate: float = Field(0.0, ge=0.0, le=1.0)
+    batch_expire_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     batch_expire_nth: list[int] = Field(default_factory=list)
     """Batches that expire once half their requests are done."""
-    output_drop_rate: float = Field(0.0, ge=0.0, le=1.0)
+    output_drop_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     """Fraction of succeeded lines left out of output files (a truncated file)."""
 
 
@@ -55,25 +55,33 @@ class SandboxConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = 0
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    latency_ms: float = Field(0.0, ge=0.0)
-    latency_jitter_ms: float = Field(0.0, ge=0.0)
-    batch_rows_per_second: float = Field(1000.0, gt=0.0)
-    batch_validating_seconds: float = Field(0.2, ge=0.0)
-    batch_finalizing_seconds: float = Field(0.2, ge=0.0)
-    time_scale: float = Field(1.0, gt=0.0)
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    latency_ms: float = Field(default=0.0, ge=0.0)
+    latency_jitter_ms: float = Field(default=0.0, ge=0.0)
+    batch_rows_per_second: float = Field(default=1000.0, gt=0.0)
+    batch_validating_seconds: float = Field(default=0.2, ge=0.0)
+    batch_finalizing_seconds: float = Field(default=0.2, ge=0.0)
+    time_scale: float = Field(default=1.0, gt=0.0)
     """Real seconds that one simulated second of the completion window lasts."""
-    max_batch_requests: int = Field(50_000, ge=1)
-    max_batch_bytes: int = Field(200 * 1024 * 1024, ge=1)
+    max_batch_requests: int = Field(default=50_000, ge=1)
+    max_batch_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     enqueued_token_limit: dict[str, int] | int | None = None
     """Per-model cap on enqueued batch tokens; an int applies to every model."""
     rules: list[dict[str, Any]] = Field(default_factory=list)
     rules_file: Path | None = None
     models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS))
-    faults: FaultConfig = Field(default_factory=FaultConfig)
-    request_log_limit: int = Field(1_000_000, ge=0)
+    faults: FaultConfig = Field(default_factory=lambda: FaultConfig())
+    request_log_limit: int = Field(default=1_000_000, ge=0)
     """Most entries the per-request log keeps (oldest dropped first)."""
+
+    @field_validator("rules")
+    @classmethod
+    def _rules_parse(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from .model import parse_rules  # model imports this module
+
+        parse_rules(value)
+        return value
 
     @field_validator("models")
     @classmethod

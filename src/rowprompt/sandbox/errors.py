@@ -43,7 +43,10 @@ def error_body(
 def missing(param: str) -> APIError:
     """400 for a missing required parameter."""
     return APIError(
-        400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+        400,
+        f"Missing required parameter: '{param}'.",
+        param=param,
+        code="missing_required_parameter",
     )
 
 

@@ -20,9 +20,9 @@ class FaultInjector:
         self._storm_left = 0
         self._storm_until = 0.0
         self._batches_seen = 0
-        self.set(config)
+        self.replace(config)
 
-    def set(self, config: FaultConfig) -> None:
+    def replace(self, config: FaultConfig) -> None:
         """Replace the faults; storms and batch positions count from now."""
         with self._lock:
             self.config = config

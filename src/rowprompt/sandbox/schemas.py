@@ -85,6 +85,8 @@ class _Generator:
     def gen(self, schema: Any, depth: int) -> Any:
         if not isinstance(schema, dict):
             return words(self.rng, 2)
+        if depth > 4 * _MAX_DEPTH:
+            return None  # a schema with no finite instance; validation reports it
         if "$ref" in schema:
             target = self.resolve(schema["$ref"])
             extra = {k: v for k, v in schema.items() if k not in ("$ref", "$defs", "definitions")}
@@ -105,7 +107,9 @@ class _Generator:
             kinds = [k for k in kind if k != "null"] or ["null"]
             kind = "null" if depth >= _MAX_DEPTH and "null" in kind else self.rng.choice(kinds)
         if kind is None:
-            kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+            kind = (
+                "object" if "properties" in schema else "array" if "items" in schema else "string"
+            )
         maker = getattr(self, f"gen_{kind}", None)
         return maker(schema, depth) if maker else None
 
@@ -131,6 +135,10 @@ class _Generator:
 
     def gen_object(self, schema: dict[str, Any], depth: int) -> dict[str, Any]:
         props = schema.get("properties") or {}
+        if depth >= _MAX_DEPTH:
+            # Deep in a recursive schema: only what is required, so the recursion ends.
+            required = set(schema.get("required") or [])
+            props = {name: sub for name, sub in props.items() if name in required}
         out = {name: self.gen(sub, depth + 1) for name, sub in props.items()}
         for name in schema.get("required") or []:
             if name not in out:
@@ -213,11 +221,9 @@ def _bounds(schema: dict[str, Any], *, integer: bool) -> tuple[float, float]:
         low = schema["exclusiveMinimum"] + nudge
     if isinstance(schema.get("exclusiveMaximum"), int | float):
         high = schema["exclusiveMaximum"] - nudge
-    if low is None and high is None:
-        low, high = 0, 100
-    elif low is None:
-        low = (high or 0) - 100
-    elif high is None:
+    if low is None:
+        low = 0 if high is None or high >= 100 else high - 100
+    if high is None:
         high = low + 100
     if integer:
         low, high = math.ceil(low), math.floor(high)

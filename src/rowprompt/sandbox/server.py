@@ -85,8 +85,6 @@ class Sandbox:
         sock.bind((self.host, 0))
         self._port = sock.getsockname()[1]
         server = uvicorn.Server(_uvicorn_config(build_app(self.state), self.host, self._port))
-        # Signal handlers can only be installed from the main thread.
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._server = server
 
         def run() -> None:

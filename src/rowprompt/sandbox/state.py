@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rowprompt.tokens import count_text
+
 from .batches import BatchManager
 from .config import FaultConfig, SandboxConfig
 from .faults import FaultInjector
@@ -9,7 +11,6 @@ from .files import FileStore
 from .limits import RateLimiter
 from .model import Rule, as_rules, parse_rules
 from .stats import Stats
-from rowprompt.tokens import count_text
 
 
 class SandboxState:
@@ -33,4 +34,4 @@ class SandboxState:
     def set_faults(self, faults: FaultConfig) -> None:
         """Replace the faults in force (storms and batch positions count from now)."""
         self.config = self.config.model_copy(update={"faults": faults})
-        self.faults.set(faults)
+        self.faults.replace(faults)

@@ -205,8 +205,8 @@ def _check_response_format(fmt: Any, messages: list[dict[str, Any]]) -> dict[str
         if not isinstance(name, str) or not _SCHEMA_NAME.match(name):
             raise APIError(
                 400,
-                f"Invalid 'response_format.json_schema.name': string does not match pattern. "
-                f"Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'.",
+                "Invalid 'response_format.json_schema.name': string does not match pattern. "
+                "Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'.",
                 param="response_format.json_schema.name",
                 code="invalid_value",
             )
@@ -298,4 +298,3 @@ def validate_chat(body: Any, models: Collection[str]) -> ChatRequest:
         max_tokens=max_tokens if max_tokens is not None else legacy,
         response_format=fmt,
     )
-
