@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -90,14 +89,12 @@ def test_bad_input_is_one_line_and_spends_nothing(
     assert "no jobs yet" in jobs.stdout
 
 
-def test_unreadable_file(tmp_path: Path, sandbox: Sandbox) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads every file")
-    src = table(tmp_path / "in.csv")
-    src.chmod(0)
+def test_a_file_that_is_not_its_format(tmp_path: Path, sandbox: Sandbox) -> None:
+    src = _write(tmp_path / "in.xlsx", "this is not a spreadsheet")
     result = run_cli("run", str(src), "--prompt", PROMPT, "--provider", "sandbox",
                      "--base-url", sandbox.base_url, "--home", str(tmp_path / "h"))  # fmt: skip
-    assert_one_line_error(result, "in.csv")
+    assert_one_line_error(result, "in.xlsx")
+    assert chat_requests(sandbox) == 0
 
 
 def test_a_directory_is_not_a_table(tmp_path: Path, sandbox: Sandbox) -> None:
