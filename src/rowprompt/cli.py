@@ -82,7 +82,7 @@ def job_options(func: F) -> F:
         click.option("--tpm", type=int, help="Tokens per minute to stay under."),
         click.option("--concurrency", type=int, help="Real-time requests in flight at once."),
         click.option("--no-cache", is_flag=True, help="Ask again even where an answer is cached."),
-        click.option("--max-attempts", type=int, default=3, show_default=True),
+        click.option("--max-attempts", type=int, default=6, show_default=True),
         click.option("--sheet", help="Excel sheet to read (default: the first)."),
         click.option("--home", type=click.Path(), help="Where the job database lives."),
     ]

@@ -64,7 +64,7 @@ class RunOptions:
     concurrency: int | None = None
     detach: bool = False
     no_cache: bool = False
-    max_attempts: int = 3
+    max_attempts: int = 6
     sheet: str | None = None
     home: str | None = None
     force: bool = False

@@ -22,7 +22,7 @@ class RunContext:
     model: str
     build_body: Callable[[int], dict[str, Any]]
     price: Callable[[Completion, bool], float | None]
-    max_attempts: int = 3
+    max_attempts: int = 6
     use_cache: bool = True
     request_timeout: float = 120.0
     on_progress: Callable[[JobProgress], None] | None = None
