@@ -97,7 +97,7 @@ class Prepared:
         # not a pandas row access (which costs tens of microseconds a row).
         frame = self.table.frame
         names = self.table.columns
-        return names, [tables._column_values(frame.iloc[:, i]) for i in range(len(names))]
+        return names, [tables.column_values(frame.iloc[:, i]) for i in range(len(names))]
 
     def row_values(self, position: int) -> dict[str, Any]:
         """The row at ``position`` as ``{column: value}``."""
