@@ -91,6 +91,33 @@ class AnswerSpec:
             )
         return cls(kind=kind)
 
+    def to_json(self) -> str:
+        """The whole spec as JSON, for the ledger (a job is rebuilt from it)."""
+        if self.kind in ("text", "integer", "number", "boolean", "json"):
+            return self.kind
+        return json.dumps(
+            {
+                "kind": self.kind,
+                "choices": list(self.choices),
+                "schema": self.schema,
+                "schema_name": self.schema_name,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> AnswerSpec:
+        """The spec back from :meth:`to_json`."""
+        if not text.startswith("{"):
+            return cls(kind=text)
+        data = json.loads(text)
+        return cls(
+            kind=data["kind"],
+            choices=tuple(data.get("choices") or ()),
+            schema=data.get("schema"),
+            schema_name=data.get("schema_name") or "answer",
+        )
+
     def fingerprint(self) -> str:
         """A stable name for the spec, part of the job's identity."""
         if self.kind == "choice":
@@ -261,7 +288,8 @@ def parse_boolean(value: Any) -> bool:
         return True
     if text in _FALSE:
         return False
-    first = text.split()[0] if text.split() else ""
+    words = text.split()
+    first = words[0].strip(_EDGE_PUNCT) if words else ""
     if first in ("yes", "no", "true", "false"):
         return first in ("yes", "true")
     raise ParseFailure(f"expected yes or no, got {_quote(str(value))}")

@@ -241,10 +241,7 @@ def collect_job(
 
 
 def _frame_only(runner: Runner) -> pd.DataFrame:
-    from rowprompt.output import build_output
-
-    p = runner.prepared
-    return build_output(p.table.frame, p.table.keys, runner.ledger, p.job_id)
+    return runner.output_frame()[0]
 
 
 async def _collect(runner: Runner, wait: bool) -> None:
@@ -259,6 +256,7 @@ async def _collect(runner: Runner, wait: bool) -> None:
         if wait:
             if runner.ledger.shards(runner.prepared.job_id, active_only=True):
                 await engine.run(wait=True)
+                await runner.finish(opened.provider)
             else:
                 # Nothing in batches: whatever is left is driven as the job's mode says.
                 await runner._drive(runner.ledger.get_job(runner.prepared.job_id), opened)

@@ -73,7 +73,21 @@ def job_options(func: F) -> F:
         click.option(
             "--output", type=click.Path(), help="Output table (.csv .tsv .xlsx .jsonl .parquet)."
         ),
-        click.option("--output-type", default="text", show_default=True),
+        click.option(
+            "--output-type",
+            default="text",
+            show_default=True,
+            help="text, integer, number, boolean, choice:A,B,... or json.",
+        ),
+        click.option("--schema", help="A JSON Schema file, or module:PydanticModel."),
+        click.option(
+            "--repair",
+            type=int,
+            default=1,
+            show_default=True,
+            help="Ask again this many times when an answer does not parse.",
+        ),
+        click.option("--raw-cells", is_flag=True, help="Do not neutralise formula-like cells."),
         click.option("--max-tokens", type=int, help="Cap on each answer's tokens."),
         click.option("--temperature", type=float),
         click.option("--id-column", help="A column of unique row ids (default: row position)."),

@@ -20,15 +20,18 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from rowprompt import costs, tables, tokens
+from rowprompt.answers import AnswerSpec
 from rowprompt.engine.batch import BatchEngine
 from rowprompt.engine.context import RunContext, admission_tokens
 from rowprompt.engine.ratelimit import Limiter
 from rowprompt.engine.realtime import RealtimeEngine
+from rowprompt.engine.repair import repair_rows
 from rowprompt.errors import ConfigError, InputError, OutputError, UsageError
 from rowprompt.jobs import Completion, JobProgress, JobSpec, JobState, RowState, request_hash
 from rowprompt.ledger import JobRecord, Ledger
 from rowprompt.output import UNTRUSTED_COLUMNS, build_output, check_column_clash
 from rowprompt.providers import OpenedProvider, check_provider_config, open_provider
+from rowprompt.providers.base import Provider
 from rowprompt.templates import PromptTemplate
 
 MODES = ("realtime", "batch", "hybrid", "auto")
@@ -55,6 +58,10 @@ class RunOptions:
     mode: str = "auto"
     output: str | None = None
     output_type: str = "text"
+    schema: Any = None
+    repair: int = 1
+    raw_cells: bool = False
+    structured: bool | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     id_column: str | None = None
@@ -85,6 +92,8 @@ class Prepared:
     spec: JobSpec
     options: RunOptions
     output: Path | None
+    answer: AnswerSpec = field(default_factory=AnswerSpec)
+    structured: bool = True
 
     @property
     def job_id(self) -> str:
@@ -107,6 +116,9 @@ class Prepared:
     def build_body(self, position: int) -> dict[str, Any]:
         """The chat request body for the row at ``position``."""
         messages = self.template.render(self.row_values(position), key=self.table.keys[position])
+        instruction = self.answer.instruction()
+        if instruction and (not self.structured or self.answer.kind == "json"):
+            messages = with_instruction(messages, instruction)
         return request_body(self.spec, messages)
 
 
@@ -117,8 +129,29 @@ def request_body(spec: JobSpec, messages: list[dict[str, str]]) -> dict[str, Any
     return body
 
 
-def _params(options: RunOptions) -> dict[str, Any]:
+def supports_structured_output(provider: str, base_url: str | None) -> bool:
+    """Whether to ask for ``response_format`` structured output or instruct and parse.
+
+    OpenAI's own API and the sandbox have it; OpenAI-compatible servers vary (llama.cpp
+    answers a ``json_schema`` with a 500), so there we instruct and parse.
+    """
+    return provider == "sandbox" or (provider == "openai" and not base_url)
+
+
+def with_instruction(messages: list[dict[str, str]], instruction: str) -> list[dict[str, str]]:
+    """The messages with the answer-format instruction added to the system prompt."""
+    if messages and messages[0].get("role") == "system":
+        first = dict(messages[0])
+        first["content"] = f"{first['content']}\n\n{instruction}"
+        return [first, *messages[1:]]
+    return [{"role": "system", "content": instruction}, *messages]
+
+
+def _params(options: RunOptions, answer: AnswerSpec, structured: bool) -> dict[str, Any]:
     params: dict[str, Any] = {}
+    response_format = answer.response_format() if structured else None
+    if response_format is not None:
+        params["response_format"] = response_format
     if options.max_tokens is not None:
         if options.max_tokens < 1:
             raise UsageError("--max-tokens must be at least 1")
@@ -137,11 +170,16 @@ def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) 
     """Check everything on the user's side; nothing is written or sent."""
     if options.mode not in MODES:
         raise UsageError(f"unknown mode {options.mode!r}", hint=f"use one of: {', '.join(MODES)}")
-    if options.output_type != "text":
-        raise UsageError(
-            f"--output-type {options.output_type} is not supported yet",
-            hint="use --output-type text",
-        )
+    answer = (
+        AnswerSpec.from_json(options.output_type)
+        if options.output_type.startswith("{")
+        else AnswerSpec.from_options(options.output_type, options.schema)
+    )
+    structured = (
+        options.structured
+        if options.structured is not None
+        else supports_structured_output(options.provider, options.base_url)
+    )
     if options.limit is not None and options.limit < 1:
         raise UsageError("--limit must be at least 1")
     template = PromptTemplate.from_options(
@@ -155,7 +193,7 @@ def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) 
     )
     columns = [str(c) for c in table.frame.columns]
     template.check_columns(columns, source=table.source)
-    check_column_clash(columns, table.source)
+    check_column_clash(columns, table.source, answer.columns())
     check_provider_config(options.provider, options.base_url)
     output = _output_path(source, options)
     if options.detach and options.provider == "sandbox" and not options.base_url:
@@ -170,14 +208,14 @@ def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) 
         model=options.model,
         provider=options.provider,
         base_url=options.base_url,
-        params=_params(options),
-        answer_spec=options.output_type,
+        params=_params(options, answer, structured),
+        answer_spec=answer.to_json(),
         mode=options.mode,
         id_column=options.id_column,
         sheet=options.sheet,
         limit=options.limit,
     )
-    return Prepared(table, template, spec, options, output)
+    return Prepared(table, template, spec, options, output, answer, structured)
 
 
 def _output_path(source: Any, options: RunOptions) -> Path | None:
@@ -376,22 +414,44 @@ class Runner:
                     )
                     await preview.run(max_rows=HYBRID_PREVIEW_ROWS)
                 await batch.run(wait=not self.options.detach)
+            await self.finish(provider)
         finally:
             heart.cancel()
-        if self.ledger.progress(job.id).complete:
-            self.ledger.update_job(job.id, state=JobState.DONE)
+
+    async def finish(self, provider: Provider) -> None:
+        """Repair unparsable answers once every row has ended, then mark the job done."""
+        job_id = self.prepared.job_id
+        if not self.ledger.progress(job_id).complete:
+            return
+        await repair_rows(
+            provider,
+            self.ledger,
+            self.context(),
+            self.prepared.answer,
+            self.prepared.structured,
+            rounds=self.options.repair,
+        )
+        self.ledger.update_job(job_id, state=JobState.DONE)
 
     async def _heartbeat(self, job_id: str) -> None:
         while True:
             await asyncio.sleep(5)
             self.ledger.heartbeat(job_id)
 
-    def write_output(self) -> pd.DataFrame:
-        """The output table; written to the output path when there is one."""
+    def output_frame(self) -> tuple[pd.DataFrame, list[str]]:
+        """The output table as it stands, and the names of its answer columns."""
         p = self.prepared
-        frame = build_output(p.table.frame, p.table.keys, self.ledger, p.job_id)
-        if p.output is not None:
-            tables.write_table(frame, p.output, neutralise_columns=UNTRUSTED_COLUMNS)
+        return build_output(
+            p.table.frame, p.table.keys, self.ledger, p.job_id, p.answer, p.structured
+        )
+
+    def write_output(self, *, write: bool = True) -> pd.DataFrame:
+        """The output table; written to the output path when there is one and ``write``."""
+        p = self.prepared
+        frame, answer_columns = self.output_frame()
+        if write and p.output is not None:
+            untrusted = () if self.options.raw_cells else [*answer_columns, *UNTRUSTED_COLUMNS]
+            tables.write_table(frame, p.output, neutralise_columns=untrusted)
         return frame
 
     def estimate(self) -> Estimate:
@@ -433,6 +493,7 @@ def options_for_job(job: JobRecord, base: RunOptions | None = None) -> RunOption
     options.system, options.system_file = spec.system, None
     options.model, options.provider, options.base_url = spec.model, spec.provider, spec.base_url
     options.output_type = spec.answer_spec
+    options.schema = None
     options.id_column, options.sheet, options.limit = spec.id_column, spec.sheet, spec.limit
     options.max_tokens = spec.params.get("max_completion_tokens") or spec.params.get("max_tokens")
     options.temperature = spec.params.get("temperature")
