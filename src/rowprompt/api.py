@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import pandas as pd
 
+from rowprompt import costs
 from rowprompt.engine.batch import BatchEngine
 from rowprompt.errors import UsageError
+from rowprompt.estimate import Estimate
 from rowprompt.jobs import JobProgress, JobState
 from rowprompt.ledger import JobRecord, Ledger, ShardRecord
 from rowprompt.providers import open_provider
 from rowprompt.runner import (
-    Estimate,
     Runner,
     RunOptions,
     options_for_job,
@@ -40,6 +41,50 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class Summary:
+    """After a run: rows by status, tokens, what it cost and what it saved."""
+
+    statuses: dict[str, int]
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    batch_saved_usd: float
+    cache_saved_usd: float
+
+
+def summarize(frame: pd.DataFrame, model: str, provider: str) -> Summary:
+    """Count an output table's rows and price what batch mode and the cache saved."""
+    priced_as = "openai" if provider == "sandbox" else provider
+    batch_saved = cache_saved = 0.0
+    for via, prompt, completion, cost in zip(
+        frame["_via"],
+        frame["_prompt_tokens"],
+        frame["_completion_tokens"],
+        frame["_cost_usd"],
+        strict=True,
+    ):
+        if via not in ("batch", "cache") or pd.isna(prompt) or pd.isna(completion):
+            continue
+        full = costs.cost_usd(model, int(prompt), int(completion), provider=priced_as)
+        if full is None:
+            continue
+        paid = 0.0 if pd.isna(cost) else float(cost)
+        if via == "batch":
+            batch_saved += full - paid
+        else:
+            cache_saved += full
+    counts = frame["_status"].value_counts()
+    return Summary(
+        statuses={str(k): int(v) for k, v in counts.items()},
+        prompt_tokens=int(frame["_prompt_tokens"].fillna(0).sum()),
+        completion_tokens=int(frame["_completion_tokens"].fillna(0).sum()),
+        cost_usd=float(frame["_cost_usd"].fillna(0).sum()),
+        batch_saved_usd=batch_saved,
+        cache_saved_usd=cache_saved,
+    )
+
+
 @dataclass
 class Outcome:
     """What a command did: the job, its counts, where the table went."""
@@ -49,6 +94,7 @@ class Outcome:
     output_path: str | None
     detached: bool = False
     frame: pd.DataFrame | None = None
+    summary: Summary | None = None
 
 
 @dataclass
@@ -94,8 +140,9 @@ def run_job(source: Source, options: RunOptions) -> Outcome:
         if options.detach and not progress.complete:
             return Outcome(prepared.job_id, progress, None, detached=True)
         frame = runner.write_output()
-        out = str(prepared.output) if prepared.output else None
-        return Outcome(prepared.job_id, progress, out, frame=frame)
+        out = str(prepared.output) if prepared.output and options.write_output else None
+        summary = summarize(frame, prepared.spec.model, prepared.spec.provider)
+        return Outcome(prepared.job_id, progress, out, frame=frame, summary=summary)
     finally:
         runner.ledger.close()
 
@@ -113,16 +160,41 @@ def run(source: Source, prompt: str | None = None, **kwargs: Any) -> pd.DataFram
 
 
 def estimate(
-    source: Source, prompt: str | None = None, *, options: RunOptions | None = None, **kwargs: Any
+    source: Source,
+    prompt: str | None = None,
+    *,
+    options: RunOptions | None = None,
+    pilot: int | None = None,
+    **kwargs: Any,
 ) -> Estimate:
-    """Rows, tokens and cost in each mode, without sending anything."""
+    """Rows, tokens, cost and duration in each mode, and advice.
+
+    Spends nothing, unless ``pilot`` asks for that many rows to be run in real time first to
+    measure the answers' length (their answers are kept: the run that follows reuses them).
+    """
     if prompt is not None:
         kwargs["prompt"] = prompt
     opts = _make_options(options, kwargs)
     prepared = prepare(source, opts)
+    pilot_tokens: float | None = None
+    pilot_rows = 0
+    if pilot:
+        if pilot < 1:
+            raise UsageError("--pilot must be at least 1")
+        pilot_rows = min(pilot, len(prepared.table))
+        pilot_options = replace(
+            opts, mode="realtime", limit=pilot_rows, write_output=False, detach=False, budget=None
+        )
+        outcome = run_job(
+            prepared.table.frame if isinstance(source, pd.DataFrame) else source, pilot_options
+        )
+        assert outcome.frame is not None
+        measured = outcome.frame["_completion_tokens"].dropna()
+        if len(measured):
+            pilot_tokens = float(measured.mean())
     runner = Runner(prepared)
     try:
-        return runner.estimate()
+        return runner.estimate(pilot_tokens, pilot_rows)
     finally:
         runner.ledger.close()
 

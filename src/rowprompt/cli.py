@@ -6,13 +6,16 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 
 import click
 
 from rowprompt import api
+from rowprompt.config import load_settings
 from rowprompt.errors import RowpromptError
+from rowprompt.estimate import BATCH_TURNAROUND, Estimate
 from rowprompt.progress import ProgressView
 from rowprompt.runner import MODES, RunOptions
 
@@ -99,6 +102,13 @@ def job_options(func: F) -> F:
         click.option("--max-attempts", type=int, default=6, show_default=True),
         click.option("--sheet", help="Excel sheet to read (default: the first)."),
         click.option("--home", type=click.Path(), help="Where the job database lives."),
+        click.option(
+            "--sandbox-rules", type=click.Path(), help="Scripted answers for --provider sandbox."
+        ),
+        click.option("--budget", type=float, help="Stop before spending more than this (USD)."),
+        click.option(
+            "--pilot", type=int, help="With estimate/--dry-run: run N rows first to measure."
+        ),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
@@ -125,15 +135,29 @@ def main() -> None:
 )
 @click.option("--force", is_flag=True, help="Overwrite an output file this job did not write.")
 @click.option("--poll-interval", type=float, default=5.0, hidden=True)
-@click.option("--sandbox-rules", type=click.Path(), help="Scripted answers for --provider sandbox.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option(
+    "--confirm-over",
+    type=float,
+    help="Ask before runs estimated above this many USD (default 1.00, or rowprompt.toml).",
+)
 @one_line_errors
-def run(input_path: str, dry_run: bool, yes: bool, quiet: bool, **kwargs: Any) -> None:
+def run(
+    input_path: str,
+    dry_run: bool,
+    yes: bool,
+    quiet: bool,
+    pilot: int | None,
+    confirm_over: float | None,
+    **kwargs: Any,
+) -> None:
     """Run the prompt over every row of INPUT and write the answers beside its columns."""
     options = _options(kwargs)
     if dry_run:
-        _print_estimate(api.estimate(input_path, options=options))
+        _print_estimate(api.estimate(input_path, options=options, pilot=pilot))
         return
+    if not yes and sys.stdin.isatty() and sys.stdout.isatty():
+        _confirm_spending(input_path, options, confirm_over)
     with ProgressView(quiet=quiet) as view:
         options.on_progress = view.update
         options.on_message = view.message
@@ -144,9 +168,24 @@ def run(input_path: str, dry_run: bool, yes: bool, quiet: bool, **kwargs: Any) -
 @main.command()
 @job_options
 @one_line_errors
-def estimate(input_path: str, **kwargs: Any) -> None:
-    """Rows, tokens and cost in real time and batch, and the advice; spends nothing."""
-    _print_estimate(api.estimate(input_path, options=_options(kwargs)))
+def estimate(input_path: str, pilot: int | None, **kwargs: Any) -> None:
+    """Rows, tokens, cost and time in real time and batch, and advice; spends nothing.
+
+    With --pilot N, N rows are run in real time first to measure the answers (they are kept).
+    """
+    _print_estimate(api.estimate(input_path, options=_options(kwargs), pilot=pilot))
+
+
+def _confirm_spending(input_path: str, options: RunOptions, confirm_over: float | None) -> None:
+    threshold = confirm_over if confirm_over is not None else load_settings().confirm_over
+    estimate = api.estimate(input_path, options=replace(options, on_progress=None))
+    cost = estimate.cost_batch if estimate.mode == "batch" else estimate.cost_realtime
+    if cost is not None and cost > threshold:
+        click.confirm(
+            f"This run may cost up to ${cost:,.2f}"
+            f" ({estimate.rows_to_ask:,} rows, {estimate.mode}). Continue?",
+            abort=True,
+        )
 
 
 @main.command()
@@ -245,20 +284,29 @@ def cancel(job: str, home: str | None) -> None:
     _print_outcome(outcome)
 
 
-def _print_estimate(e: api.Estimate) -> None:
-    def money(x: float | None) -> str:
-        return "unknown (no price for this model)" if x is None else f"${x:.4f}"
+def _money(x: float | None) -> str:
+    return "unknown (no price for this model)" if x is None else f"${x:,.4f}"
 
-    click.echo(f"rows:            {e.rows} ({e.rows_cached} already answered in the cache)")
-    click.echo(f"prompt tokens:   {e.prompt_tokens:,}")
-    click.echo(f"output tokens:   at most {e.max_output_tokens:,}")
-    click.echo(f"cost, real time: at most {money(e.cost_realtime)}")
-    click.echo(f"cost, batch:     at most {money(e.cost_batch)}")
-    click.echo(f"mode:            {e.mode}")
+
+def _print_estimate(e: Estimate) -> None:
+    exact = "exact" if e.tokens_exact else "approximate: the model's tokenizer is not known"
+    click.echo(f"rows:              {e.rows:,} ({e.rows_cached:,} already answered in the cache)")
+    click.echo(f"prompt tokens:     {e.prompt_tokens:,} to send ({exact})")
+    click.echo(f"completion tokens: {e.completion_tokens:,} ({e.completion_basis})")
+    click.echo(f"cost, real time:   {_money(e.cost_realtime)}")
+    click.echo(f"cost, batch:       {_money(e.cost_batch)}")
+    if e.realtime_minutes is not None:
+        click.echo(f"time, real time:   {e.realtime_minutes:,.1f} min {e.limits}")
+    else:
+        click.echo(f"time, real time:   unknown, {e.limits}")
+    click.echo(f"time, batch:       {BATCH_TURNAROUND}")
+    click.echo(f"advice:            {e.advice}")
 
 
 def _print_outcome(outcome: api.Outcome) -> None:
     p = outcome.progress
+    if outcome.summary is not None and not outcome.detached:
+        _print_summary(outcome.summary)
     if outcome.detached:
         click.echo(f"job {outcome.job_id}: submitted {p.total - p.finished} rows in batches.")
         click.echo(f"collect later with: rowprompt collect {outcome.job_id} --wait")
@@ -272,6 +320,19 @@ def _print_outcome(outcome: api.Outcome) -> None:
         click.echo(f"wrote {outcome.output_path}")
     if not p.complete:
         click.echo(f"rows still waiting: rowprompt collect {outcome.job_id} --wait")
+
+
+def _print_summary(s: api.Summary) -> None:
+    order = ("ok", "parse_error", "refused", "truncated", "failed", "skipped", "pending")
+    rows = ", ".join(f"{s.statuses[k]:,} {k}" for k in order if s.statuses.get(k))
+    click.echo(f"rows:   {rows}")
+    click.echo(f"tokens: {s.prompt_tokens:,} in, {s.completion_tokens:,} out")
+    saved = []
+    if s.batch_saved_usd > 0:
+        saved.append(f"batch mode saved ${s.batch_saved_usd:,.4f}")
+    if s.cache_saved_usd > 0:
+        saved.append(f"the cache saved ${s.cache_saved_usd:,.4f}")
+    click.echo(f"cost:   ${s.cost_usd:,.4f}" + (f" ({'; '.join(saved)})" if saved else ""))
 
 
 def _add_sandbox() -> None:

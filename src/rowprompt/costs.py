@@ -201,6 +201,9 @@ def _resolve(model: str, provider: str, prices_file: str | None) -> Price | None
         found = _lookup(_load_user_prices(prices_file), name)
         if found is not None:
             return found
+    found = _lookup(_CONFIGURED, name)
+    if found is not None:
+        return found
     found = _from_genai_prices(name, provider_id)
     if found is not None:
         return found
@@ -328,3 +331,23 @@ def _user_price(entry: Any, where: str, source: str) -> Price:
         ),
         source=source,
     )
+
+
+# -- prices from rowprompt.toml ---------------------------------------------------------------
+_CONFIGURED: dict[str, Price] = {}
+
+
+def configure_prices(entries: dict[str, Any], source: str) -> None:
+    """Prices from ``rowprompt.toml`` (``[prices."model"]`` tables), checked like the JSON file.
+
+    They come after ``ROWPROMPT_PRICES`` and before genai-prices.
+    """
+    table = {
+        normalise_model(str(model)): _user_price(entry, f"{source}, model {model!r}", source)
+        for model, entry in entries.items()
+    }
+    if table != _CONFIGURED:
+        _CONFIGURED.clear()
+        _CONFIGURED.update(table)
+        _FAST.clear()
+        _resolve.cache_clear()

@@ -19,14 +19,16 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from rowprompt import costs, tables, tokens
+from rowprompt import costs, tables
 from rowprompt.answers import AnswerSpec
+from rowprompt.config import load_settings
 from rowprompt.engine.batch import BatchEngine
-from rowprompt.engine.context import RunContext, admission_tokens
+from rowprompt.engine.context import RunContext
 from rowprompt.engine.ratelimit import Limiter
 from rowprompt.engine.realtime import RealtimeEngine
 from rowprompt.engine.repair import repair_rows
 from rowprompt.errors import ConfigError, InputError, OutputError, UsageError
+from rowprompt.estimate import Estimate, estimate_job
 from rowprompt.jobs import Completion, JobProgress, JobSpec, JobState, RowState, request_hash
 from rowprompt.ledger import JobRecord, Ledger
 from rowprompt.output import UNTRUSTED_COLUMNS, build_output, check_column_clash
@@ -62,6 +64,8 @@ class RunOptions:
     repair: int = 1
     raw_cells: bool = False
     structured: bool | None = None
+    write_output: bool = True
+    budget: float | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     id_column: str | None = None
@@ -182,6 +186,9 @@ def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) 
     )
     if options.limit is not None and options.limit < 1:
         raise UsageError("--limit must be at least 1")
+    if options.budget is not None and options.budget < 0:
+        raise UsageError("--budget must be a number of USD >= 0")
+    load_settings()
     template = PromptTemplate.from_options(
         prompt=options.prompt,
         prompt_file=options.prompt_file,
@@ -249,19 +256,6 @@ def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]
-
-
-@dataclass
-class Estimate:
-    """What a job would ask and cost, before anything is spent."""
-
-    rows: int
-    rows_cached: int
-    prompt_tokens: int
-    max_output_tokens: int
-    cost_realtime: float | None
-    cost_batch: float | None
-    mode: str
 
 
 class Runner:
@@ -449,38 +443,24 @@ class Runner:
         """The output table; written to the output path when there is one and ``write``."""
         p = self.prepared
         frame, answer_columns = self.output_frame()
-        if write and p.output is not None:
+        if write and self.options.write_output and p.output is not None:
             untrusted = () if self.options.raw_cells else [*answer_columns, *UNTRUSTED_COLUMNS]
             tables.write_table(frame, p.output, neutralise_columns=untrusted)
         return frame
 
-    def estimate(self) -> Estimate:
-        """Rows, tokens and cost in each mode; spends nothing."""
-        p = self.prepared
-        model = p.spec.model
-        prompt_total = output_total = cached = 0
-        for position in range(len(p.table)):
-            body = p.build_body(position)
-            prompt = tokens.count_messages(body["messages"], model)
-            prompt_total += prompt
-            output_total += admission_tokens(body) - prompt
-            if not self.options.no_cache and self.ledger.cached(request_hash(body)) is not None:
-                cached += 1
-        provider = "openai" if p.spec.provider == "sandbox" else p.spec.provider
-        realtime = costs.estimate_cost(
-            model, prompt_total, output_total, batch=False, provider=provider
-        )
-        batch = costs.estimate_cost(
-            model, prompt_total, output_total, batch=True, provider=provider
-        )
-        return Estimate(
-            rows=len(p.table),
-            rows_cached=cached,
-            prompt_tokens=prompt_total,
-            max_output_tokens=output_total,
-            cost_realtime=realtime,
-            cost_batch=batch,
-            mode=self.choose_mode(len(p.table)),
+    def estimate(
+        self, pilot_completion_tokens: float | None = None, pilot_rows: int = 0
+    ) -> Estimate:
+        """Rows, tokens, cost and duration in each mode; spends nothing."""
+        return estimate_job(
+            self.prepared,
+            self.ledger,
+            mode=self.choose_mode(len(self.prepared.table)),
+            use_cache=not self.options.no_cache,
+            rpm=self.options.rpm,
+            tpm=self.options.tpm,
+            pilot_completion_tokens=pilot_completion_tokens,
+            pilot_rows=pilot_rows,
         )
 
 

@@ -1,0 +1,74 @@
+"""Settings from ``rowprompt.toml``: defaults < rowprompt.toml < ROWPROMPT_* env < CLI flags.
+
+The file is looked for in the current directory (or at ``ROWPROMPT_CONFIG``)::
+
+    confirm_over = 5.0                 # ask before runs estimated above this many USD
+
+    [prices."my-finetune"]             # USD per 1M tokens; batch defaults to half
+    input = 0.30
+    output = 1.20
+
+    [batch_token_limits]               # enqueued-token limit per model for the Batch API
+    "gpt-4o-mini" = 2000000
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rowprompt import costs
+from rowprompt.errors import ConfigError
+
+CONFIG_ENV = "ROWPROMPT_CONFIG"
+FILE_NAME = "rowprompt.toml"
+DEFAULT_CONFIRM_OVER = 1.00
+_KNOWN = {"confirm_over", "prices", "batch_token_limits"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``rowprompt.toml`` says (empty when there is none)."""
+
+    path: Path | None = None
+    confirm_over: float = DEFAULT_CONFIRM_OVER
+    prices: dict[str, Any] = field(default_factory=dict)
+    batch_token_limits: dict[str, int] = field(default_factory=dict)
+
+
+def load_settings(directory: str | os.PathLike[str] | None = None) -> Settings:
+    """Read ``rowprompt.toml`` and apply its prices; a bad file is a one-line ConfigError."""
+    explicit = os.environ.get(CONFIG_ENV)
+    path = Path(explicit) if explicit else Path(directory or ".") / FILE_NAME
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"{CONFIG_ENV}={explicit} does not exist")
+        return Settings()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix the file") from None
+    unknown = set(data) - _KNOWN
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown setting(s) {', '.join(sorted(unknown))}",
+            hint=f"known settings: {', '.join(sorted(_KNOWN))}",
+        )
+    prices = data.get("prices") or {}
+    limits = data.get("batch_token_limits") or {}
+    if not isinstance(prices, dict) or not isinstance(limits, dict):
+        raise ConfigError(f"{path}: [prices] and [batch_token_limits] must be tables")
+    if prices:
+        costs.configure_prices(prices, str(path))
+    bad = [k for k, v in limits.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1]
+    if bad:
+        raise ConfigError(f"{path}: batch_token_limits for {', '.join(bad)} must be integers >= 1")
+    confirm = data.get("confirm_over", DEFAULT_CONFIRM_OVER)
+    if not isinstance(confirm, int | float) or isinstance(confirm, bool) or confirm < 0:
+        raise ConfigError(f"{path}: confirm_over must be a number of USD >= 0")
+    return Settings(path, float(confirm), prices, {str(k): int(v) for k, v in limits.items()})

@@ -1,0 +1,158 @@
+"""The cost before the spending: rows, tokens, cost and duration in each mode, and advice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import tiktoken
+
+from rowprompt import costs, tokens
+from rowprompt.engine.context import DEFAULT_OUTPUT_ESTIMATE
+from rowprompt.jobs import request_hash
+from rowprompt.ledger import Ledger
+
+if TYPE_CHECKING:
+    from rowprompt.runner import Prepared
+
+# Until the planner learns turnaround from history (a later issue), batch time is stated as
+# the provider's promise.
+BATCH_TURNAROUND = "within 24 h (often under 1 h)"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a job would ask and cost, before anything is spent."""
+
+    rows: int
+    rows_cached: int
+    prompt_tokens: int
+    tokens_exact: bool
+    completion_tokens: int
+    completion_basis: str
+    cost_realtime: float | None
+    cost_batch: float | None
+    realtime_minutes: float | None
+    limits: str
+    mode: str
+    advice: str
+
+    @property
+    def rows_to_ask(self) -> int:
+        """Rows that would be sent (the rest come from the cache)."""
+        return self.rows - self.rows_cached
+
+
+def tokens_are_exact(model: str) -> bool:
+    """True when tiktoken knows the model's encoding (else counts are an approximation)."""
+    try:
+        tiktoken.encoding_name_for_model(model)
+    except KeyError:
+        return False
+    return True
+
+
+def estimate_job(
+    prepared: Prepared,
+    ledger: Ledger,
+    *,
+    mode: str,
+    use_cache: bool,
+    rpm: int | None,
+    tpm: int | None,
+    pilot_completion_tokens: float | None = None,
+    pilot_rows: int = 0,
+) -> Estimate:
+    """Count every row's prompt exactly, bound or measure the answers, price both modes."""
+    model = prepared.spec.model
+    prompt_total = cached = rows = 0
+    cap_total = 0
+    capped = True
+    for position in range(len(prepared.table)):
+        body = prepared.build_body(position)
+        rows += 1
+        if use_cache and ledger.cached(request_hash(body)) is not None:
+            cached += 1
+            continue
+        prompt_total += tokens.count_messages(body["messages"], model)
+        cap = body.get("max_completion_tokens") or body.get("max_tokens")
+        if cap is None:
+            capped = False
+            cap = DEFAULT_OUTPUT_ESTIMATE
+        cap_total += int(cap) * int(body.get("n") or 1)
+    asked = rows - cached
+    if pilot_completion_tokens is not None:
+        completion = round(pilot_completion_tokens * asked)
+        basis = f"measured on a pilot of {pilot_rows} rows ({pilot_completion_tokens:.1f} a row)"
+    elif capped:
+        completion = cap_total
+        basis = "an upper bound: --max-tokens for every row"
+    else:
+        completion = cap_total
+        basis = (
+            f"assumed {DEFAULT_OUTPUT_ESTIMATE} a row: no --max-tokens"
+            " (set it, or --pilot N to measure)"
+        )
+    provider = "openai" if prepared.spec.provider == "sandbox" else prepared.spec.provider
+    realtime = costs.cost_usd(model, prompt_total, completion, batch=False, provider=provider)
+    batch = costs.cost_usd(model, prompt_total, completion, batch=True, provider=provider)
+    minutes, limits = _realtime_minutes(asked, prompt_total + cap_total, rpm, tpm)
+    advice = _advice(mode, asked, realtime, batch, minutes)
+    return Estimate(
+        rows=rows,
+        rows_cached=cached,
+        prompt_tokens=prompt_total,
+        tokens_exact=tokens_are_exact(model),
+        completion_tokens=completion,
+        completion_basis=basis,
+        cost_realtime=realtime,
+        cost_batch=batch,
+        realtime_minutes=minutes,
+        limits=limits,
+        mode=mode,
+        advice=advice,
+    )
+
+
+def _realtime_minutes(
+    rows: int, admitted_tokens: int, rpm: int | None, tpm: int | None
+) -> tuple[float | None, str]:
+    if rows == 0:
+        return 0.0, "nothing to send"
+    bounds = []
+    if rpm:
+        bounds.append(rows / rpm)
+    if tpm:
+        bounds.append(admitted_tokens / tpm)
+    if not bounds:
+        return None, "rate limits unknown (give --rpm/--tpm for a duration)"
+    parts = [f"{rpm:,} requests/min" if rpm else "", f"{tpm:,} tokens/min" if tpm else ""]
+    return max(bounds), "at " + " and ".join(p for p in parts if p)
+
+
+def _advice(
+    mode: str, rows: int, realtime: float | None, batch: float | None, minutes: float | None
+) -> str:
+    if rows == 0:
+        return "every row is already answered in the cache: running costs nothing"
+    saving = ""
+    if realtime is not None and batch is not None and realtime > 0:
+        saving = f", saving {_usd(realtime - batch)} ({(1 - batch / realtime):.0%})"
+    if mode == "batch":
+        return f"batch: {rows:,} rows through the Batch API{saving}, {BATCH_TURNAROUND}"
+    if mode == "hybrid":
+        return f"hybrid: a real-time preview, the rest through the Batch API{saving}"
+    when = f" in about {_duration(minutes)}" if minutes is not None else ""
+    return f"realtime: {rows:,} rows answered now{when}; batch would be cheaper{saving}"
+
+
+def _usd(amount: float) -> str:
+    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4f}"
+
+
+def _duration(minutes: float) -> str:
+    if minutes < 1:
+        return f"{max(1, round(minutes * 60))} s"
+    if minutes < 120:
+        return f"{minutes:.0f} min"
+    return f"{minutes / 60:.1f} h"
