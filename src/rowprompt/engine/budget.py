@@ -1,0 +1,57 @@
+"""A spending cap: committed plus reserved spend never passes ``--budget``.
+
+Before a request (or a batch shard) leaves, its worst-case cost is reserved: every prompt
+token and every allowed output token at the price of the mode. When the answer comes back the
+reservation is replaced by what it really cost. A request that would not fit is not sent; its
+row is skipped as ``over_budget``, with the reason.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+OVER_BUDGET = "over_budget"
+
+
+@dataclass
+class Budget:
+    """USD allowed, spent and reserved for one run of a job."""
+
+    limit_usd: float
+    spent_usd: float = 0.0
+    reserved_usd: float = 0.0
+    refused_usd: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def remaining_usd(self) -> float:
+        """What can still be reserved."""
+        return self.limit_usd - self.spent_usd - self.reserved_usd
+
+    def try_reserve(self, amount: float) -> bool:
+        """Reserve ``amount`` if it fits under the limit; False (and nothing held) if not."""
+        with self._lock:
+            if self.spent_usd + self.reserved_usd + amount > self.limit_usd + 1e-12:
+                self.refused_usd += amount
+                return False
+            self.reserved_usd += amount
+            return True
+
+    def settle(self, reserved: float, actual: float | None) -> None:
+        """Replace a reservation by the actual cost (the reservation when unknown)."""
+        with self._lock:
+            self.reserved_usd = max(0.0, self.reserved_usd - reserved)
+            self.spent_usd += reserved if actual is None else actual
+
+    def release(self, reserved: float) -> None:
+        """Give a reservation back unspent (the request was never answered)."""
+        with self._lock:
+            self.reserved_usd = max(0.0, self.reserved_usd - reserved)
+
+    def over_budget_message(self) -> str:
+        """Why a row was skipped."""
+        return (
+            f"not sent: it would pass the budget of ${self.limit_usd:,.4f}"
+            f" (${self.spent_usd:,.4f} spent, ${self.reserved_usd:,.4f} reserved)"
+        )
