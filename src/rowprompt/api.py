@@ -13,7 +13,7 @@ import pandas as pd
 from rowprompt import costs
 from rowprompt.engine.batch import BatchEngine
 from rowprompt.errors import UsageError
-from rowprompt.estimate import Estimate
+from rowprompt.estimator import Estimate
 from rowprompt.jobs import JobProgress, JobState
 from rowprompt.ledger import JobRecord, Ledger, ShardRecord
 from rowprompt.providers import open_provider

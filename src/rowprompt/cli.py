@@ -15,7 +15,7 @@ import click
 from rowprompt import api
 from rowprompt.config import load_settings
 from rowprompt.errors import RowpromptError
-from rowprompt.estimate import BATCH_TURNAROUND, Estimate
+from rowprompt.estimator import BATCH_TURNAROUND, Estimate
 from rowprompt.progress import ProgressView
 from rowprompt.runner import MODES, RunOptions
 
@@ -104,6 +104,14 @@ def job_options(func: F) -> F:
         click.option("--home", type=click.Path(), help="Where the job database lives."),
         click.option(
             "--sandbox-rules", type=click.Path(), help="Scripted answers for --provider sandbox."
+        ),
+        click.option("--deadline", help="Finish by then: a duration (2h, 90m) or an ISO time."),
+        click.option(
+            "--preview",
+            type=int,
+            default=20,
+            show_default=True,
+            help="Hybrid mode: rows answered in real time first.",
         ),
         click.option("--budget", type=float, help="Stop before spending more than this (USD)."),
         click.option(

@@ -22,14 +22,13 @@ import pandas as pd
 from rowprompt import costs, tables
 from rowprompt.answers import AnswerSpec
 from rowprompt.config import load_settings
-from rowprompt.engine.batch import BatchEngine
+from rowprompt.drive import drive_job, plan_job
 from rowprompt.engine.context import RunContext
-from rowprompt.engine.ratelimit import Limiter
-from rowprompt.engine.realtime import RealtimeEngine
+from rowprompt.engine.planner import parse_deadline
 from rowprompt.engine.repair import repair_rows
 from rowprompt.errors import ConfigError, InputError, OutputError, UsageError
-from rowprompt.estimate import Estimate, estimate_job
-from rowprompt.jobs import Completion, JobProgress, JobSpec, JobState, RowState, request_hash
+from rowprompt.estimator import Estimate, estimate_job
+from rowprompt.jobs import Completion, JobProgress, JobSpec, JobState, request_hash
 from rowprompt.ledger import JobRecord, Ledger
 from rowprompt.output import UNTRUSTED_COLUMNS, build_output, check_column_clash
 from rowprompt.providers import OpenedProvider, check_provider_config, open_provider
@@ -37,11 +36,7 @@ from rowprompt.providers.base import Provider
 from rowprompt.templates import PromptTemplate
 
 MODES = ("realtime", "batch", "hybrid", "auto")
-# Until the planner knows better (a later issue), auto sends bigger jobs through the Batch API.
-AUTO_BATCH_MIN_ROWS = 1000
 DEFAULT_MODEL = "gpt-4o-mini"
-DEFAULT_CONCURRENCY = 32
-HYBRID_PREVIEW_ROWS = 20
 
 T = TypeVar("T")
 
@@ -66,6 +61,8 @@ class RunOptions:
     structured: bool | None = None
     write_output: bool = True
     budget: float | None = None
+    deadline: str | None = None
+    preview: int = 20
     max_tokens: int | None = None
     temperature: float | None = None
     id_column: str | None = None
@@ -189,6 +186,10 @@ def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) 
     if options.budget is not None and options.budget < 0:
         raise UsageError("--budget must be a number of USD >= 0")
     load_settings()
+    if options.deadline:
+        parse_deadline(options.deadline)
+    if options.preview < 0:
+        raise UsageError("--preview must be 0 or more")
     template = PromptTemplate.from_options(
         prompt=options.prompt,
         prompt_file=options.prompt_file,
@@ -265,6 +266,7 @@ class Runner:
         self.prepared = prepared
         self.options = prepared.options
         self.ledger = ledger or Ledger(self.options.home)
+        self.deadline_at = parse_deadline(self.options.deadline) if self.options.deadline else None
 
     # -- the job in the ledger --------------------------------------------------------------
     def ensure_job(self) -> JobRecord:
@@ -298,13 +300,24 @@ class Runner:
         return self.ledger.get_job(job.id)
 
     def _check_output_clobber(self, job: JobRecord | None) -> None:
+        """Refuse to overwrite a file rowprompt did not write for this input."""
         out = self.prepared.output
         if out is None or not out.exists() or self.options.force:
             return
-        if job is not None and job.output_path and Path(job.output_path) == out.resolve():
+        target = out.resolve()
+        if job is not None and job.output_path and Path(job.output_path) == target:
             return
+        # Another job of this ledger over the same input (another mode, prompt or model) wrote
+        # it: a rerun that changes a setting replaces its own earlier answers.
+        source = self.prepared.table.source
+        for other in self.ledger.list_jobs():
+            same_input = (
+                other.input_path is not None and Path(other.input_path) == Path(source).resolve()
+            )
+            if same_input and other.output_path and Path(other.output_path) == target:
+                return
         raise OutputError(
-            f"{out} exists and was not written by this job",
+            f"{out} exists and was not written by rowprompt for this input",
             hint="pass --force to overwrite it, or --output another path",
         )
 
@@ -336,13 +349,6 @@ class Runner:
             on_message=self.options.on_message,
         )
 
-    def choose_mode(self, rows_left: int) -> str:
-        """The mode this run uses: the user's, or auto's pick."""
-        mode = self.options.mode
-        if mode == "auto":
-            return "batch" if rows_left >= AUTO_BATCH_MIN_ROWS else "realtime"
-        return mode
-
     # -- running ----------------------------------------------------------------------------
     async def run(self) -> JobRecord:
         """Drive the job until it is complete (or submitted, with ``detach``)."""
@@ -362,53 +368,13 @@ class Runner:
         return self.ledger.get_job(job.id)
 
     async def _drive(self, job: JobRecord, opened: OpenedProvider) -> None:
-        ctx = self.context()
-        provider = opened.provider
-        check = getattr(provider, "check_model", None)
-        progress = self.ledger.progress(job.id)
-        if check is not None and not progress.complete:
+        check = getattr(opened.provider, "check_model", None)
+        if check is not None and not self.ledger.progress(job.id).complete:
             await check(self.prepared.spec.model)
-        # The in-process sandbox finishes batches in seconds: no need to wait minutes between looks.
-        poll = (
-            min(self.options.poll_interval, 0.5)
-            if opened.in_process
-            else self.options.poll_interval
-        )
-        batch = BatchEngine(provider, self.ledger, ctx, poll_interval=poll)
-        # Batches a previous run submitted are followed to the end whatever the mode now.
-        if self.ledger.shards(job.id, active_only=True):
-            await batch.resume_unsubmitted()
-        pending = self.ledger.count_rows(job.id, RowState.PENDING)
-        pending += self.ledger.count_rows(job.id, RowState.IN_FLIGHT)
-        mode = self.choose_mode(pending)
-        ctx.say(f"job {job.id}: {job.total_rows} rows, {pending} to do, mode {mode}")
         heart = asyncio.create_task(self._heartbeat(job.id))
         try:
-            if mode == "realtime":
-                limiter = Limiter(self.options.rpm, self.options.tpm)
-                engine = RealtimeEngine(
-                    provider,
-                    self.ledger,
-                    ctx,
-                    limiter=limiter,
-                    concurrency=self.options.concurrency or DEFAULT_CONCURRENCY,
-                )
-                await engine.run()
-                if self.ledger.shards(job.id, active_only=True) and not self.options.detach:
-                    await batch.run(wait=True)
-            else:
-                if mode == "hybrid":
-                    # A first look in real time, the bulk through the Batch API.
-                    preview = RealtimeEngine(
-                        provider,
-                        self.ledger,
-                        ctx,
-                        limiter=Limiter(self.options.rpm, self.options.tpm),
-                        concurrency=self.options.concurrency or DEFAULT_CONCURRENCY,
-                    )
-                    await preview.run(max_rows=HYBRID_PREVIEW_ROWS)
-                await batch.run(wait=not self.options.detach)
-            await self.finish(provider)
+            await drive_job(self, job, opened)
+            await self.finish(opened.provider)
         finally:
             heart.cancel()
 
@@ -455,7 +421,7 @@ class Runner:
         return estimate_job(
             self.prepared,
             self.ledger,
-            mode=self.choose_mode(len(self.prepared.table)),
+            plan=plan_job(self, len(self.prepared.table)),
             use_cache=not self.options.no_cache,
             rpm=self.options.rpm,
             tpm=self.options.tpm,

@@ -13,6 +13,7 @@ from rowprompt.jobs import request_hash
 from rowprompt.ledger import Ledger
 
 if TYPE_CHECKING:
+    from rowprompt.engine.planner import Plan
     from rowprompt.runner import Prepared
 
 # Until the planner learns turnaround from history (a later issue), batch time is stated as
@@ -56,7 +57,7 @@ def estimate_job(
     prepared: Prepared,
     ledger: Ledger,
     *,
-    mode: str,
+    plan: Plan,
     use_cache: bool,
     rpm: int | None,
     tpm: int | None,
@@ -97,7 +98,8 @@ def estimate_job(
     realtime = costs.cost_usd(model, prompt_total, completion, batch=False, provider=provider)
     batch = costs.cost_usd(model, prompt_total, completion, batch=True, provider=provider)
     minutes, limits = _realtime_minutes(asked, prompt_total + cap_total, rpm, tpm)
-    advice = _advice(mode, asked, realtime, batch, minutes)
+    mode = plan.mode
+    advice = _advice(plan, asked, realtime, batch)
     return Estimate(
         rows=rows,
         rows_cached=cached,
@@ -130,20 +132,13 @@ def _realtime_minutes(
     return max(bounds), "at " + " and ".join(p for p in parts if p)
 
 
-def _advice(
-    mode: str, rows: int, realtime: float | None, batch: float | None, minutes: float | None
-) -> str:
+def _advice(plan: Plan, rows: int, realtime: float | None, batch: float | None) -> str:
     if rows == 0:
         return "every row is already answered in the cache: running costs nothing"
-    saving = ""
-    if realtime is not None and batch is not None and realtime > 0:
-        saving = f", saving {_usd(realtime - batch)} ({(1 - batch / realtime):.0%})"
-    if mode == "batch":
-        return f"batch: {rows:,} rows through the Batch API{saving}, {BATCH_TURNAROUND}"
-    if mode == "hybrid":
-        return f"hybrid: a real-time preview, the rest through the Batch API{saving}"
-    when = f" in about {_duration(minutes)}" if minutes is not None else ""
-    return f"realtime: {rows:,} rows answered now{when}; batch would be cheaper{saving}"
+    if realtime is not None and batch is not None and realtime > 0 and plan.mode == "realtime":
+        saving = f"{_usd(realtime - batch)} ({(1 - batch / realtime):.0%})"
+        return f"{plan.reason} (batch would save {saving})"
+    return plan.reason
 
 
 def _usd(amount: float) -> str:

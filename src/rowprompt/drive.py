@@ -1,0 +1,175 @@
+"""Driving one job: the plan, then the engines, the preview, the deadline fallback.
+
+The planner decides; this module carries the decision out with the two engines sharing the
+job through the ledger (a row is owned by exactly one engine at a time: a batch shard's rows
+are ``in_flight`` with their shard, real-time rows are claimed one by one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from rowprompt import costs, tokens
+from rowprompt.engine.batch import BatchEngine
+from rowprompt.engine.context import RunContext
+from rowprompt.engine.planner import (
+    Plan,
+    batch_history,
+    choose_mode,
+    must_fall_back,
+    realtime_rows_per_min,
+)
+from rowprompt.engine.ratelimit import Limiter
+from rowprompt.engine.realtime import RealtimeEngine
+from rowprompt.jobs import RowState
+from rowprompt.ledger import JobRecord
+from rowprompt.providers import OpenedProvider
+
+if TYPE_CHECKING:
+    from rowprompt.runner import Runner
+
+DEFAULT_CONCURRENCY = 32
+# Rows whose prompts are counted to size the plan: enough for a stable mean, cheap on 1M rows.
+PLAN_SAMPLE_ROWS = 200
+# How long a deadline fallback waits for cancelled batches to hand back their finished rows.
+CANCEL_COLLECT_S = 120.0
+
+
+def plan_job(runner: Runner, rows_left: int) -> Plan:
+    """The plan for the rows left, from a sampled estimate, the deadline, budget and history."""
+    p, options = runner.prepared, runner.options
+    sample = min(len(p.table), PLAN_SAMPLE_ROWS)
+    per_row_prompt = per_row_cap = 0.0
+    if sample:
+        for position in range(sample):
+            body = p.build_body(position)
+            prompt = tokens.count_messages(body["messages"], p.spec.model)
+            cap = body.get("max_completion_tokens") or body.get("max_tokens") or 256
+            per_row_prompt += prompt / sample
+            per_row_cap += int(cap) / sample
+    provider = "openai" if p.spec.provider == "sandbox" else p.spec.provider
+    prompt_total = round(per_row_prompt * rows_left)
+    cap_total = round(per_row_cap * rows_left)
+    cost_rt = costs.cost_usd(p.spec.model, prompt_total, cap_total, provider=provider)
+    cost_b = costs.cost_usd(p.spec.model, prompt_total, cap_total, batch=True, provider=provider)
+    speed = realtime_rows_per_min(options.rpm, options.tpm, per_row_prompt + per_row_cap)
+    return choose_mode(
+        requested=options.mode,
+        rows=rows_left,
+        realtime_minutes=rows_left / speed,
+        cost_realtime=cost_rt,
+        cost_batch=cost_b,
+        deadline=runner.deadline_at,
+        budget=options.budget,
+        history=batch_history(runner.ledger, p.spec.provider, p.spec.model),
+        preview=options.preview,
+    )
+
+
+def realtime_engine(runner: Runner, opened: OpenedProvider, ctx: RunContext) -> RealtimeEngine:
+    """A real-time engine at the user's limits and concurrency."""
+    return RealtimeEngine(
+        opened.provider,
+        runner.ledger,
+        ctx,
+        limiter=Limiter(runner.options.rpm, runner.options.tpm),
+        concurrency=runner.options.concurrency or DEFAULT_CONCURRENCY,
+    )
+
+
+async def drive_job(runner: Runner, job: JobRecord, opened: OpenedProvider) -> None:
+    """Run the job to its end (or, detached, until its batches are submitted)."""
+    ctx = runner.context()
+    ledger, options = runner.ledger, runner.options
+    # The in-process sandbox finishes batches in seconds: no need to wait minutes between looks.
+    poll = min(options.poll_interval, 0.5) if opened.in_process else options.poll_interval
+    batch = BatchEngine(opened.provider, ledger, ctx, poll_interval=poll)
+    # Batches a previous run submitted are followed to the end whatever the mode now.
+    if ledger.shards(job.id, active_only=True):
+        await batch.resume_unsubmitted()
+    rows_left = ledger.count_rows(job.id, RowState.PENDING)
+    plan = plan_job(runner, rows_left)
+    ctx.say(f"job {job.id}: {job.total_rows:,} rows, {rows_left:,} to send; {plan.reason}")
+    if plan.mode == "realtime" and runner.deadline_at is not None:
+        _warn_if_too_slow(runner, rows_left, ctx)
+    if plan.mode == "realtime":
+        await realtime_engine(runner, opened, ctx).run()
+        if ledger.shards(job.id, active_only=True) and not options.detach:
+            await _batch_phase(runner, batch, opened, ctx)
+        return
+    if plan.mode == "hybrid" and plan.preview_rows:
+        await realtime_engine(runner, opened, ctx).run(max_rows=plan.preview_rows)
+        if runner.prepared.output is not None and options.write_output:
+            runner.write_output()
+            ctx.say(
+                f"preview: {plan.preview_rows} rows answered, written to {runner.prepared.output}"
+            )
+    if options.detach:
+        await batch.run(wait=False)
+        return
+    await _batch_phase(runner, batch, opened, ctx)
+
+
+def _warn_if_too_slow(runner: Runner, rows: int, ctx: RunContext) -> None:
+    assert runner.deadline_at is not None
+    minutes_left = (runner.deadline_at - time.time()) / 60
+    needed = rows / max(minutes_left, 1e-9)
+    speed = realtime_rows_per_min(runner.options.rpm, runner.options.tpm, 0)
+    if runner.options.rpm and needed > speed:
+        ctx.say(
+            f"warning: the deadline needs {needed:,.0f} rows/min, the rate limit allows"
+            f" {speed:,.0f}: the job will finish late"
+        )
+
+
+async def _batch_phase(
+    runner: Runner, batch: BatchEngine, opened: OpenedProvider, ctx: RunContext
+) -> None:
+    """Submit and poll until done; with a deadline, hand the rest to real time in time."""
+    ledger, job_id = runner.ledger, ctx.job_id
+    deadline = runner.deadline_at
+    if deadline is None:
+        await batch.run(wait=True)
+        return
+    history = batch_history(ledger, runner.prepared.spec.provider, runner.prepared.spec.model)
+    speed = realtime_rows_per_min(runner.options.rpm, runner.options.tpm, 0)
+    interval = batch.poll_interval
+    while True:
+        await batch.submit_pending()
+        remaining = await batch.poll_once()
+        pending = ledger.count_rows(job_id, RowState.PENDING)
+        if remaining == 0 and pending == 0:
+            return
+        rows_left = ledger.count_rows(job_id, RowState.IN_FLIGHT) + pending
+        started = (
+            min((s.submitted_at or time.time()) for s in ledger.shards(job_id, active_only=True))
+            if remaining
+            else None
+        )
+        if must_fall_back(
+            now=time.time(),
+            deadline=deadline,
+            rows_left=rows_left,
+            rows_per_min=speed,
+            batch_started=started,
+            history=history,
+        ):
+            ctx.say(
+                f"deadline: {rows_left:,} rows cannot wait for the batches; real time takes them"
+            )
+            await _cancel_and_collect(batch, ledger, job_id)
+            await realtime_engine(runner, opened, ctx).run()
+            return
+        ledger.heartbeat(job_id)
+        await asyncio.sleep(interval)
+        interval = min(interval * 1.5, batch.max_poll_interval)
+
+
+async def _cancel_and_collect(batch: BatchEngine, ledger: object, job_id: str) -> None:
+    """Cancel the job's batches, keep what they finished, and free their other rows."""
+    await batch.cancel()
+    stop = time.monotonic() + CANCEL_COLLECT_S
+    while await batch.poll_once() and time.monotonic() < stop:
+        await asyncio.sleep(0.5)
