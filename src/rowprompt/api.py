@@ -317,7 +317,9 @@ def _frame_only(runner: Runner) -> pd.DataFrame:
 
 
 async def _collect(runner: Runner, wait: bool) -> None:
-    opened = open_provider(runner.options.provider, runner.options.base_url)
+    opened = open_provider(
+        runner.options.provider, runner.options.base_url, home=runner.ledger.home
+    )
     try:
         engine = BatchEngine(
             opened.provider,
@@ -376,7 +378,7 @@ def cancel_job(
         runner = Runner(prepared, ledger)
 
         async def cancel_batches() -> None:
-            opened = open_provider(options.provider, options.base_url)
+            opened = open_provider(options.provider, options.base_url, home=ledger.home)
             try:
                 engine = BatchEngine(
                     opened.provider,

@@ -31,7 +31,12 @@ from rowprompt.estimator import Estimate, estimate_job
 from rowprompt.jobs import Completion, JobProgress, JobSpec, JobState, request_hash
 from rowprompt.ledger import JobRecord, Ledger
 from rowprompt.output import UNTRUSTED_COLUMNS, build_output, check_column_clash
-from rowprompt.providers import OpenedProvider, check_provider_config, open_provider
+from rowprompt.providers import (
+    OpenedProvider,
+    check_provider_config,
+    open_provider,
+    resolve_provider,
+)
 from rowprompt.providers.base import Provider
 from rowprompt.templates import PromptTemplate
 
@@ -136,7 +141,7 @@ def supports_structured_output(provider: str, base_url: str | None) -> bool:
     OpenAI's own API and the sandbox have it; OpenAI-compatible servers vary (llama.cpp
     answers a ``json_schema`` with a 500), so there we instruct and parse.
     """
-    return provider == "sandbox" or (provider == "openai" and not base_url)
+    return provider in ("sandbox", "anthropic", "azure") or (provider == "openai" and not base_url)
 
 
 def with_instruction(messages: list[dict[str, str]], instruction: str) -> list[dict[str, str]]:
@@ -171,6 +176,7 @@ def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) 
     """Check everything on the user's side; nothing is written or sent."""
     if options.mode not in MODES:
         raise UsageError(f"unknown mode {options.mode!r}", hint=f"use one of: {', '.join(MODES)}")
+    options.provider, options.model = resolve_provider(options.provider, options.model)
     answer = (
         AnswerSpec.from_json(options.output_type)
         if options.output_type.startswith("{")
@@ -202,7 +208,7 @@ def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) 
     columns = [str(c) for c in table.frame.columns]
     template.check_columns(columns, source=table.source)
     check_column_clash(columns, table.source, answer.columns())
-    check_provider_config(options.provider, options.base_url)
+    check_provider_config(options.provider, options.base_url, options.model)
     output = _output_path(source, options)
     if options.detach and options.provider == "sandbox" and not options.base_url:
         raise UsageError(
@@ -359,6 +365,7 @@ class Runner:
             self.options.base_url,
             request_timeout=self.options.request_timeout,
             sandbox_rules=self.options.sandbox_rules,
+            home=self.ledger.home,
         )
         try:
             await self._drive(job, opened)

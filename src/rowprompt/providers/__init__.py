@@ -1,4 +1,14 @@
-"""Providers: one adapter per API shape, chosen by name."""
+"""Providers: one adapter per API shape, chosen by name (or by the model's prefix).
+
+- ``openai``: ``AsyncOpenAI``; ``OPENAI_API_KEY``, ``OPENAI_BASE_URL`` or ``--base-url``.
+- ``azure``: ``AsyncAzureOpenAI``; ``AZURE_OPENAI_ENDPOINT`` (or ``--base-url``),
+  ``AZURE_OPENAI_API_KEY``, ``OPENAI_API_VERSION``.
+- ``anthropic``: ``AsyncAnthropic``; ``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL`` or
+  ``--base-url``.
+- ``sandbox``: ``AsyncOpenAI`` on an in-process sandbox, or on ``--base-url`` of a running one.
+
+Only modules of this package import an SDK.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +21,10 @@ from rowprompt.errors import ConfigError
 from rowprompt.providers.base import Provider
 
 PROVIDERS = ("openai", "sandbox", "azure", "anthropic")
+# Providers a model name may name as its prefix (``anthropic:claude-haiku-4-5``).
+MODEL_PREFIXES = ("openai", "azure", "anthropic")
+DEFAULT_PROVIDER = "openai"
+_OPENAI_MODEL_PREFIXES = ("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-")
 
 
 @dataclass
@@ -23,21 +37,69 @@ class OpenedProvider:
     in_process: bool = False
 
 
-def check_provider_config(name: str, base_url: str | None) -> None:
-    """Refuse, before anything is written or sent, a provider that cannot work as configured."""
+def resolve_provider(provider: str, model: str) -> tuple[str, str]:
+    """The provider and bare model for ``--provider`` and a ``--model`` that may be prefixed.
+
+    ``anthropic:claude-haiku-4-5`` names its provider; the prefix wins over the default
+    provider (``openai``) and must agree with any other. ``--provider sandbox`` takes
+    ``openai:`` models (it speaks the OpenAI shape). A colon that is not a provider prefix
+    (``llama3:8b`` on an Ollama server) is part of the model's name.
+    """
+    prefix, sep, rest = model.partition(":")
+    if not sep or prefix not in MODEL_PREFIXES:
+        return provider, model
+    if not rest:
+        raise ConfigError(
+            f"--model {model!r} names a provider but no model",
+            hint=f"write it as {prefix}:MODEL, e.g. anthropic:claude-haiku-4-5",
+        )
+    if provider in (DEFAULT_PROVIDER, prefix):
+        return prefix, rest
+    if provider == "sandbox" and prefix == "openai":
+        return provider, rest
+    raise ConfigError(
+        f"--model {model!r} is a {prefix} model but --provider is {provider}",
+        hint=f"drop --provider, or pass --provider {prefix}",
+    )
+
+
+def check_provider_config(name: str, base_url: str | None, model: str | None = None) -> None:
+    """Refuse, before anything is written or sent, a provider that cannot work as configured.
+
+    Each refusal is one line naming what to set.
+    """
     if name not in PROVIDERS:
         raise ConfigError(f"unknown provider {name!r}", hint=f"use one of: {', '.join(PROVIDERS)}")
-    if name in ("azure", "anthropic"):
-        raise ConfigError(
-            f"--provider {name} is not available yet",
-            hint="use --provider openai (any OpenAI-compatible server with --base-url) or sandbox",
-        )
-    has_url = base_url or os.environ.get("OPENAI_BASE_URL")
-    if name == "openai" and not has_url and not os.environ.get("OPENAI_API_KEY"):
+    env = os.environ.get
+    if name == "openai" and not (base_url or env("OPENAI_BASE_URL") or env("OPENAI_API_KEY")):
         raise ConfigError(
             "OPENAI_API_KEY is not set",
             hint="export OPENAI_API_KEY=sk-... , or rehearse offline with --provider sandbox",
         )
+    if name == "anthropic":
+        if not (base_url or env("ANTHROPIC_BASE_URL") or env("ANTHROPIC_API_KEY")):
+            raise ConfigError(
+                "ANTHROPIC_API_KEY is not set",
+                hint="export ANTHROPIC_API_KEY=sk-ant-... (console.anthropic.com, API keys)",
+            )
+        if model and model.startswith(_OPENAI_MODEL_PREFIXES):
+            raise ConfigError(
+                f"{model!r} is not an Anthropic model",
+                hint="pass --model with a Claude model, e.g. --model anthropic:claude-haiku-4-5",
+            )
+    if name == "azure":
+        if not (base_url or env("AZURE_OPENAI_ENDPOINT")):
+            raise ConfigError(
+                "AZURE_OPENAI_ENDPOINT is not set",
+                hint="export AZURE_OPENAI_ENDPOINT=https://RESOURCE.openai.azure.com "
+                "(or pass --base-url)",
+            )
+        if not env("AZURE_OPENAI_API_KEY"):
+            raise ConfigError(
+                "AZURE_OPENAI_API_KEY is not set",
+                hint="export AZURE_OPENAI_API_KEY=... (Azure portal, the resource's Keys and "
+                "Endpoint)",
+            )
 
 
 def open_provider(
@@ -46,11 +108,29 @@ def open_provider(
     *,
     request_timeout: float = 120.0,
     sandbox_rules: str | None = None,
+    home: str | os.PathLike[str] | None = None,
 ) -> OpenedProvider:
-    """Open the named provider; ``sandbox`` without a base URL starts one in this process."""
+    """Open the named provider; ``sandbox`` without a base URL starts one in this process.
+
+    ``home`` is the rowprompt home; the Anthropic provider keeps its batch journal there.
+    """
+    check_provider_config(name, base_url)
+    if name == "anthropic":
+        return _open_anthropic(base_url, request_timeout, home)
+    if name == "azure":
+        from rowprompt.providers.azure import DEFAULT_API_VERSION, AzureOpenAIProvider
+
+        endpoint = base_url or os.environ["AZURE_OPENAI_ENDPOINT"]
+        azure = AzureOpenAIProvider(
+            api_key=os.environ["AZURE_OPENAI_API_KEY"],
+            endpoint=endpoint,
+            api_version=os.environ.get("OPENAI_API_VERSION") or DEFAULT_API_VERSION,
+            timeout=request_timeout,
+        )
+        return OpenedProvider(azure, azure.aclose, endpoint)
+
     from rowprompt.providers.openai import OpenAIProvider
 
-    check_provider_config(name, base_url)
     if name == "sandbox":
         if base_url:
             provider = OpenAIProvider(
@@ -76,4 +156,20 @@ def open_provider(
     # Local OpenAI-compatible servers often need no key; the SDK insists on one.
     key = os.environ.get("OPENAI_API_KEY") or "not-needed"
     provider = OpenAIProvider(api_key=key, base_url=url, name="openai", timeout=request_timeout)
+    return OpenedProvider(provider, provider.aclose, url)
+
+
+def _open_anthropic(
+    base_url: str | None, timeout: float, home: str | os.PathLike[str] | None
+) -> OpenedProvider:
+    from rowprompt.ledger import default_home
+    from rowprompt.providers.anthropic import AnthropicProvider
+
+    url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+    # A local Anthropic-compatible server (the sandbox) needs no real key; the SDK wants one.
+    key = os.environ.get("ANTHROPIC_API_KEY") or "not-needed"
+    journal = Path(home) if home is not None else default_home()
+    provider = AnthropicProvider(
+        api_key=key, base_url=url, timeout=timeout, journal_dir=journal / "batches"
+    )
     return OpenedProvider(provider, provider.aclose, url)

@@ -19,6 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import anthropic_face, azure_face
+from .anthropic_model import AnthropicError
 from .chat import chat_completion
 from .config import FaultConfig
 from .errors import APIError, error_body, server_error
@@ -30,7 +32,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_ID_PARTS = re.compile(r"/(file-[A-Za-z0-9]+|batch_[A-Za-z0-9]+)")
+_ID_PARTS = re.compile(r"/(file-[A-Za-z0-9]+|batch_[A-Za-z0-9]+|msgbatch_[A-Za-z0-9]+)")
 _MODEL_PART = re.compile(r"^/v1/models/.+")
 _CREATED = 1_700_000_000
 NO_KEY = (
@@ -79,8 +81,11 @@ class SandboxASGI:
         path: str = scope["path"]
         marker: dict[str, Any] = {"drop": False, "status": 0}
         scope["rowprompt"] = marker
-        if path.startswith("/v1/") and not _has_key(scope):
-            await _send_json(send, 401, error_body(NO_KEY))
+        if path.startswith(("/v1/", "/openai/")) and not _has_key(scope):
+            body = error_body(NO_KEY)
+            if path.startswith("/v1/messages"):
+                body = AnthropicError(401, anthropic_face.NO_KEY).body()
+            await _send_json(send, 401, body)
             self.state.stats.count_request(endpoint_name(scope["method"], path), 401)
             return
 
@@ -109,8 +114,9 @@ class SandboxASGI:
 
 
 def _has_key(scope: Scope) -> bool:
+    # OpenAI sends Authorization, Anthropic x-api-key, Azure api-key (or Authorization).
     for name, value in scope["headers"]:
-        if name == b"authorization":
+        if name in (b"authorization", b"x-api-key", b"api-key"):
             return bool(value.strip())
     return False
 
@@ -301,6 +307,8 @@ def build_app(state: SandboxState) -> SandboxASGI:
         state.set_faults(faults)
         return json_response(faults.model_dump())
 
+    anthropic_face.mount(app, state)
+    azure_face.mount(app, state, _upload)
     return SandboxASGI(app, state)
 
 
