@@ -144,6 +144,7 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Overwrite an output file this job did not write.")
 @click.option("--poll-interval", type=float, default=5.0, hidden=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--no-report", is_flag=True, help="Do not write the HTML report.")
 @click.option(
     "--confirm-over",
     type=float,
@@ -157,6 +158,7 @@ def run(
     quiet: bool,
     pilot: int | None,
     confirm_over: float | None,
+    no_report: bool,
     **kwargs: Any,
 ) -> None:
     """Run the prompt over every row of INPUT and write the answers beside its columns."""
@@ -171,6 +173,18 @@ def run(
         options.on_message = view.message
         outcome = api.run_job(input_path, options)
     _print_outcome(outcome)
+    if not no_report and not outcome.detached:
+        _write_report(outcome.job_id, options.home)
+
+
+def _write_report(job_id: str, home: str | None) -> None:
+    """Write the run's HTML report; a report must never fail a run that succeeded."""
+    try:
+        from rowprompt.report import write_report
+
+        click.echo(f"report: {write_report(job_id, home)}")
+    except Exception as exc:
+        click.echo(f"Warning: no report written: {exc}", err=True)
 
 
 @main.command()
@@ -350,6 +364,16 @@ def _add_sandbox() -> None:
 
 
 _add_sandbox()
+
+
+def _add_report() -> None:
+    from rowprompt.report.commands import report_command, ui_command
+
+    main.add_command(report_command, name="report")
+    main.add_command(ui_command, name="ui")
+
+
+_add_report()
 
 if __name__ == "__main__":
     main()
