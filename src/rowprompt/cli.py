@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -38,6 +39,13 @@ def one_line_errors(func: F) -> F:
             _fail(exc.one_line(), exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted; run the same command again to resume where it stopped", 130)
+        except sqlite3.OperationalError as exc:
+            message = _ledger_trouble(exc)
+            if message is None:
+                if os.environ.get("ROWPROMPT_DEBUG"):
+                    raise
+                message = f"unexpected OperationalError: {exc}. This is a bug in rowprompt"
+            _fail(message, 3)
         except Exception as exc:
             if os.environ.get("ROWPROMPT_DEBUG"):
                 raise
@@ -49,6 +57,22 @@ def one_line_errors(func: F) -> F:
         return None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _ledger_trouble(exc: sqlite3.OperationalError) -> str | None:
+    """A one-line cause and fix for the job database's own troubles, else None."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return (
+            f"the job database is locked by another program ({text}); wait for it to let go,"
+            " then run the same command again: the job resumes where it stopped"
+        )
+    if "full" in text or "disk I/O" in text or "readonly" in text or "unable to open" in text:
+        return (
+            f"the job database cannot be written ({text}); free disk space or move it with"
+            " --home DIR, then run the same command again: the job resumes where it stopped"
+        )
+    return None
 
 
 def job_options(func: F) -> F:

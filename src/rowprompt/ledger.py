@@ -20,6 +20,7 @@ from typing import Any
 from rowprompt.errors import JobBusy, JobNotFound, UsageError
 from rowprompt.jobs import (
     ACTIVE_SHARD_STATES,
+    TERMINAL_BATCH_STATUSES,
     Completion,
     JobProgress,
     JobSpec,
@@ -123,6 +124,27 @@ MIGRATIONS: tuple[str, ...] = (
         at REAL NOT NULL
     );
     """,
+    # 2: the batch queue. How many times a shard was sent to ``batches.create`` (the try number
+    # goes into the batch metadata, so a crash between create and the write is adopted, not
+    # paid again), when it may be sent again after ``token_limit_exceeded``, when it was last
+    # polled and last changed status (its age in `status`); the enqueued-token limit learned or
+    # configured per provider and model.
+    """
+    ALTER TABLE shards ADD COLUMN submits INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE shards ADD COLUMN not_before REAL;
+    ALTER TABLE shards ADD COLUMN polled_at REAL;
+    ALTER TABLE shards ADD COLUMN status_at REAL;
+    CREATE INDEX shards_by_model ON shards (provider, model, state);
+    CREATE TABLE queue_limits (
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        token_limit INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        message TEXT,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (provider, model)
+    );
+    """,
 )
 
 # A job whose owner has not beaten its heart for this long is taken over by the next process.
@@ -198,6 +220,30 @@ class ShardRecord:
     created_at: float
     submitted_at: float | None
     finished_at: float | None
+    submits: int = 0
+    """How many times the shard was sent to ``batches.create`` (its current try number)."""
+    not_before: float | None = None
+    """After ``token_limit_exceeded``: not sent again before this time."""
+    polled_at: float | None = None
+    status_at: float | None = None
+    """When the batch's status last changed (the age `status` shows)."""
+
+    @property
+    def waiting(self) -> bool:
+        """True for a shard that is ready to go but held back by the queue limit."""
+        return self.state == ShardState.UPLOADED and self.submits > 0 and self.batch_id is None
+
+
+@dataclass(frozen=True)
+class QueueLimit:
+    """An enqueued-token limit of one provider's model, as the ledger remembers it."""
+
+    provider: str
+    model: str
+    token_limit: int
+    source: str
+    message: str | None
+    updated_at: float
 
 
 _SHARD_FIELDS = frozenset(
@@ -215,6 +261,10 @@ _SHARD_FIELDS = frozenset(
         "submitted_at",
         "finished_at",
         "path",
+        "submits",
+        "not_before",
+        "polled_at",
+        "estimated_tokens",
     }
 )
 
@@ -270,6 +320,12 @@ class Ledger:
     def close(self) -> None:
         """Close the database."""
         self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     @property
     def batch_dir(self) -> Path:
@@ -475,27 +531,23 @@ class Ledger:
         """
         now = time.time()
         failed = 0
+        keys = list(keys)
         with self.transaction() as db:
-            for key in keys:
+            for start in range(0, len(keys), 500):
+                part = keys[start : start + 500]
+                marks = ",".join("?" * len(part))
                 row = db.execute(
-                    "SELECT attempts FROM rows WHERE job_id = ? AND key = ?", (job_id, key)
+                    f"SELECT count(*) FROM rows WHERE job_id = ? AND key IN ({marks})"
+                    " AND attempts >= ?",
+                    (job_id, *part, max_attempts),
                 ).fetchone()
-                if row is None:
-                    continue
-                exhausted = row["attempts"] >= max_attempts
-                failed += exhausted
-                db.execute(
-                    "UPDATE rows SET state = ?, shard = NULL, error_code = ?, error_message = ?,"
-                    " updated_at = ? WHERE job_id = ? AND key = ?",
-                    (
-                        RowState.FAILED if exhausted else RowState.PENDING,
-                        error_code,
-                        error_message,
-                        now,
-                        job_id,
-                        key,
-                    ),
-                )
+                failed += int(row[0])
+            db.executemany(
+                "UPDATE rows SET state = CASE WHEN attempts >= ? THEN 'failed' ELSE 'pending' END,"
+                " shard = NULL, error_code = ?, error_message = ?, updated_at = ?"
+                " WHERE job_id = ? AND key = ?",
+                ((max_attempts, error_code, error_message, now, job_id, k) for k in keys),
+            )
         return failed
 
     def iter_rows(self, job_id: str, chunk: int = 5000) -> Iterator[RowRecord]:
@@ -531,6 +583,17 @@ class Ledger:
             (r["key"], r["position"])
             for r in self._db.execute(
                 "SELECT key, position FROM rows WHERE job_id = ? AND shard = ?"
+                " AND state = 'in_flight' ORDER BY position",
+                (job_id, number),
+            )
+        ]
+
+    def shard_row_hashes(self, job_id: str, number: int) -> list[tuple[str, int, str]]:
+        """Rows (key, position, request hash) assigned to a shard and still in flight with it."""
+        return [
+            (r[0], r[1], r[2])
+            for r in self._db.execute(
+                "SELECT key, position, request_hash FROM rows WHERE job_id = ? AND shard = ?"
                 " AND state = 'in_flight' ORDER BY position",
                 (job_id, number),
             )
@@ -634,6 +697,10 @@ class Ledger:
             status = fields.get("status")
             if status and (before is None or before["status"] != status):
                 self._event(db, job_id, number, status, now)
+                db.execute(
+                    "UPDATE shards SET status_at = ? WHERE job_id = ? AND number = ?",
+                    (now, job_id, number),
+                )
 
     def shards(self, job_id: str, *, active_only: bool = False) -> list[ShardRecord]:
         """The job's shards in order; only those not yet collected with ``active_only``."""
@@ -643,6 +710,107 @@ class Ledger:
                 ",".join(f"'{s.value}'" for s in ACTIVE_SHARD_STATES)
             )
         return [_shard(r) for r in self._db.execute(sql + " ORDER BY number", (job_id,))]
+
+    def shard(self, job_id: str, number: int) -> ShardRecord | None:
+        """One shard, or None."""
+        row = self._db.execute(
+            "SELECT * FROM shards WHERE job_id = ? AND number = ?", (job_id, number)
+        ).fetchone()
+        return _shard(row) if row else None
+
+    def unassign_shard(self, job_id: str, number: int, *, error: str) -> int:
+        """Give a never-run shard's rows back to pending, uncounted, and retire the shard.
+
+        Used when a shard can no longer be sent as planned (larger than a newly learned queue
+        limit, or the job was cancelled before it went out). Returns how many rows went back.
+        """
+        now = time.time()
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE rows SET state = 'pending', shard = NULL, attempts = max(attempts - 1, 0),"
+                " updated_at = ? WHERE job_id = ? AND shard = ? AND state = 'in_flight'",
+                (now, job_id, number),
+            )
+            db.execute(
+                "UPDATE shards SET state = 'lost', error = ?, finished_at = ?, updated_at = ?"
+                " WHERE job_id = ? AND number = ?",
+                (error, now, now, job_id, number),
+            )
+            self._event(db, job_id, number, ShardState.LOST, now)
+            return cur.rowcount
+
+    def iter_pending(self, job_id: str, chunk: int = 2000) -> Iterator[list[tuple[str, int, str]]]:
+        """Pending rows (key, position, request hash) in input order, a chunk at a time.
+
+        Read by position ranges, so a million pending rows are never in memory at once, and
+        rows the caller assigns meanwhile are simply not seen again.
+        """
+        last = -1
+        while True:
+            rows = self._db.execute(
+                "SELECT key, position, request_hash FROM rows WHERE job_id = ?"
+                " AND state = 'pending' AND position > ? ORDER BY position LIMIT ?",
+                (job_id, last, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            yield [(r[0], r[1], r[2]) for r in rows]
+            last = rows[-1][1]
+
+    def count_pending_retries(self, job_id: str) -> tuple[int, int]:
+        """(pending rows, of which already tried at least once): the stragglers."""
+        row = self._db.execute(
+            "SELECT count(*), coalesce(sum(attempts > 0), 0) FROM rows"
+            " WHERE job_id = ? AND state = 'pending'",
+            (job_id,),
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    # -- the batch queue ------------------------------------------------------------------
+    def queue_in_use(self, provider: str, model: str, *, window_s: float = 25 * 3600) -> int:
+        """Estimated tokens of every job's batches still enqueued at ``provider`` for ``model``.
+
+        A shard counts from submission until the provider reports a final status. Shards
+        submitted longer than ``window_s`` ago are left out: their 24-hour window has closed,
+        so the provider no longer counts them even if no process ever collected them.
+        """
+        terminal = ",".join(f"'{s}'" for s in TERMINAL_BATCH_STATUSES)
+        row = self._db.execute(
+            "SELECT coalesce(sum(estimated_tokens), 0) FROM shards WHERE provider = ?"
+            " AND model = ? AND state = 'submitted'"
+            f" AND (status IS NULL OR status NOT IN ({terminal}))"
+            " AND coalesce(submitted_at, created_at) > ?",
+            (provider, model, time.time() - window_s),
+        ).fetchone()
+        return int(row[0])
+
+    def queue_limit(self, provider: str, model: str) -> QueueLimit | None:
+        """The enqueued-token limit remembered for this provider's model, if any."""
+        row = self._db.execute(
+            "SELECT * FROM queue_limits WHERE provider = ? AND model = ?", (provider, model)
+        ).fetchone()
+        if row is None:
+            return None
+        return QueueLimit(
+            provider=row["provider"],
+            model=row["model"],
+            token_limit=row["token_limit"],
+            source=row["source"],
+            message=row["message"],
+            updated_at=row["updated_at"],
+        )
+
+    def set_queue_limit(
+        self, provider: str, model: str, token_limit: int, *, source: str, message: str | None
+    ) -> None:
+        """Remember a model's enqueued-token limit (``learned`` from an error, or configured)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO queue_limits"
+                " (provider, model, token_limit, source, message, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (provider, model, int(token_limit), source, message, time.time()),
+            )
 
     def _event(
         self, db: sqlite3.Connection, job_id: str, number: int, status: str, at: float
@@ -659,6 +827,24 @@ class Ledger:
             "SELECT completion FROM cache WHERE request_hash = ?", (request_hash,)
         ).fetchone()
         return Completion.from_json(row[0]) if row else None
+
+    def cached_many(self, hashes: Sequence[str]) -> dict[str, Completion]:
+        """The cached completions among these request hashes (looked up 500 at a time)."""
+        found: dict[str, Completion] = {}
+        if self._cache_empty():
+            return found
+        for start in range(0, len(hashes), 500):
+            part = list(hashes[start : start + 500])
+            marks = ",".join("?" * len(part))
+            for row in self._db.execute(
+                f"SELECT request_hash, completion FROM cache WHERE request_hash IN ({marks})",
+                part,
+            ):
+                found[row[0]] = Completion.from_json(row[1])
+        return found
+
+    def _cache_empty(self) -> bool:
+        return self._db.execute("SELECT 1 FROM cache LIMIT 1").fetchone() is None
 
     def cache_many(self, items: Iterable[tuple[str, Completion]]) -> None:
         """Remember completions by request hash."""
@@ -775,4 +961,8 @@ def _shard(row: sqlite3.Row) -> ShardRecord:
         created_at=row["created_at"],
         submitted_at=row["submitted_at"],
         finished_at=row["finished_at"],
+        submits=row["submits"],
+        not_before=row["not_before"],
+        polled_at=row["polled_at"],
+        status_at=row["status_at"],
     )

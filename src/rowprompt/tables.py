@@ -35,6 +35,7 @@ import json
 import math
 import os
 import re
+import signal
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -510,12 +511,22 @@ def write_table(
     try:
         _WRITERS[fmt](frame, tmp_name, name)
         os.chmod(tmp_name, _file_mode(target))
+        _crash_point("output_before_replace")
         os.replace(tmp_name, target)
     except BaseException as exc:
         Path(tmp_name).unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise OutputError(f"{name}: cannot write it: {exc.strerror or exc}") from exc
         raise
+
+
+def _crash_point(name: str) -> None:
+    """Die at once (SIGKILL) when ``ROWPROMPT_TEST_CRASH_AT`` names this point.
+
+    The reliability tests use it to kill a run at an exact step; unset, it does nothing.
+    """
+    if os.environ.get("ROWPROMPT_TEST_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _neutralise(value: Any) -> Any:

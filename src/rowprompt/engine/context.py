@@ -49,16 +49,27 @@ class RunContext:
             self.on_message(message)
 
 
-def admission_tokens(body: dict[str, Any]) -> int:
-    """Tokens a request counts against a tokens-per-minute or enqueued-token limit.
+def admission_parts(body: dict[str, Any]) -> tuple[int, int]:
+    """(prompt tokens, output tokens) a request counts against a tokens-per-minute limit.
 
-    OpenAI counts the prompt estimate plus ``max_tokens`` × ``n``; without a ``max_tokens``
-    we assume a modest answer, as the provider's own estimate is not published.
+    OpenAI admits a request by its prompt (counted here offline with tiktoken) plus
+    ``max_tokens`` (or ``max_completion_tokens``) × ``n``. Without a maximum we assume a modest
+    answer: the provider's own estimate is not published, and a refunding provider gives the
+    difference back anyway.
     """
     model = str(body.get("model") or "")
     prompt = tokens.count_messages(body.get("messages") or [], model)
     cap = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_OUTPUT_ESTIMATE
-    return prompt + int(cap) * int(body.get("n") or 1)
+    return prompt, int(cap) * int(body.get("n") or 1)
+
+
+def admission_tokens(body: dict[str, Any]) -> int:
+    """Tokens a request counts against a tokens-per-minute or enqueued-token limit.
+
+    The prompt plus ``max_tokens`` × ``n`` (see :func:`admission_parts`).
+    """
+    prompt, output = admission_parts(body)
+    return prompt + output
 
 
 DEFAULT_OUTPUT_ESTIMATE = 256

@@ -1,40 +1,67 @@
-"""The real-time engine: concurrent requests under the limiter, every result in the ledger."""
+"""The real-time engine: rows sent under the limiter, every outcome in the ledger.
+
+Each claimed row becomes one task that reserves its budget, sends, and retries by error
+class (see ``docs/realtime.md``). How many rows are live at once follows Little's law from
+the observed latency once a limit is known, and a TCP-like slow start while none is. A stop
+(Ctrl-C) lets requests already on the wire finish for a short grace, and sends every other
+claimed row back to ``pending``: the job resumes with nothing lost.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
-from rowprompt.engine.context import RunContext, admission_tokens
-from rowprompt.engine.ratelimit import Limiter
-from rowprompt.errors import Permanent, ProviderError, RateLimited, RowpromptError, Transient
+from rowprompt.engine.context import RunContext, admission_parts
+from rowprompt.engine.pacing import EngineStats, RateMeter, Window
+from rowprompt.engine.ratelimit import Limiter, Ticket
+from rowprompt.errors import (
+    Permanent,
+    ProviderError,
+    RateLimited,
+    RowpromptError,
+    Transient,
+)
 from rowprompt.jobs import VIA_CACHE, VIA_REALTIME, Completion, RowOutcome, RowState, request_hash
 from rowprompt.ledger import Ledger
-from rowprompt.providers.base import Provider
+from rowprompt.providers.base import LimitsObservation, Provider
 
-# 429s are the provider pacing us, not the row failing: they get a larger allowance.
+__all__ = ["EngineStats", "RealtimeEngine", "backoff_delay"]
+
+# 429s are the provider pacing us, not the row failing: they get an allowance of their own.
 RATE_LIMIT_RETRIES = 20
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 8.0
-# Commit every outcome as it comes: in WAL mode with synchronous=NORMAL a commit does not
-# fsync, so this costs tens of microseconds, and a killed process re-asks only the requests
-# that were in flight, never an answer it had already received.
-FLUSH_EVERY = 1
-FLUSH_SECONDS = 0.05
+# How long requests already sent may finish after a stop before they are abandoned.
+STOP_GRACE_S = 10.0
+CLAIM_CHUNK = 64
 PROGRESS_SECONDS = 0.5
+
+
+def _limits_of(exc: RateLimited) -> LimitsObservation | None:
+    # Providers may attach the 429's rate-limit headers; they correct the budgets too.
+    seen = getattr(exc, "limits", None)
+    return seen if isinstance(seen, LimitsObservation) else None
 
 
 def backoff_delay(retries: int, retry_after: float | None = None) -> float:
     """The openai SDK's rule: the server's advice if sane, else capped exponential with jitter."""
     if retry_after is not None and 0 < retry_after <= 120:
         return retry_after
-    return min(BACKOFF_BASE_S * 2**retries, BACKOFF_CAP_S) * (1 - 0.25 * random.random())
+    exponent = max(0, retries - 1)
+    return min(BACKOFF_BASE_S * 2**exponent, BACKOFF_CAP_S) * (1 - 0.25 * random.random())
 
 
 class _Writer:
-    """Buffers outcomes and attempts and commits them in small batches."""
+    """Buffers outcomes and attempts, committed together once per event-loop turn.
+
+    Every answer that arrived in one turn shares a commit (WAL, synchronous=NORMAL: no
+    fsync), so a killed process re-asks only the requests that were in flight.
+    """
 
     def __init__(self, ledger: Ledger, ctx: RunContext) -> None:
         self.ledger = ledger
@@ -42,17 +69,20 @@ class _Writer:
         self.outcomes: list[RowOutcome] = []
         self.attempts: list[dict[str, Any]] = []
         self.cache: list[tuple[str, Completion]] = []
-        self._last = time.monotonic()
-        self._last_progress = 0.0
+        self._scheduled = False
 
     def add(self, outcome: RowOutcome, cache_item: tuple[str, Completion] | None = None) -> None:
+        """One row ended; it is committed at the end of this loop turn."""
         self.outcomes.append(outcome)
         if cache_item is not None:
             self.cache.append(cache_item)
-        if len(self.outcomes) >= FLUSH_EVERY or time.monotonic() - self._last > FLUSH_SECONDS:
-            self.flush()
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
+        """Commit what is buffered."""
+        self._scheduled = False
         if self.outcomes or self.attempts:
             with self.ledger.transaction():
                 if self.cache:
@@ -60,20 +90,14 @@ class _Writer:
                 self.ledger.record_outcomes(self.ctx.job_id, self.outcomes)
                 self.ledger.record_attempts(self.ctx.job_id, self.attempts)
         self.outcomes, self.attempts, self.cache = [], [], []
-        self._last = time.monotonic()
-        # Counting the job's rows scans them: at most a few times a second, not per row.
-        if self.ctx.on_progress is not None and self._last - self._last_progress > PROGRESS_SECONDS:
-            self._last_progress = self._last
-            self.ctx.on_progress(self.ledger.progress(self.ctx.job_id))
 
-    def final_progress(self) -> None:
-        """Report the counts once more at the end."""
-        if self.ctx.on_progress is not None:
-            self.ctx.on_progress(self.ledger.progress(self.ctx.job_id))
+
+class _Stop(Exception):
+    """The row's task ends without an outcome: the row goes back to pending."""
 
 
 class RealtimeEngine:
-    """Sends rows one request each, ``concurrency`` at a time, under the limiter."""
+    """Sends rows one request each, under the limiter, at most ``concurrency`` at a time."""
 
     def __init__(
         self,
@@ -83,58 +107,179 @@ class RealtimeEngine:
         *,
         limiter: Limiter | None = None,
         concurrency: int = 16,
+        on_stats: Callable[[EngineStats], None] | None = None,
+        stop_grace_s: float = STOP_GRACE_S,
     ) -> None:
         self.provider = provider
         self.ledger = ledger
         self.ctx = ctx
         self.limiter = limiter or Limiter()
         self.concurrency = max(1, concurrency)
+        self.on_stats = on_stats
+        self.stop_grace_s = stop_grace_s
+        self.window = Window(self.concurrency, self.limiter)
+        self.meter = RateMeter()
         self._writer = _Writer(ledger, ctx)
         self._fatal: RowpromptError | None = None
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = time.monotonic()
+        self._rows_todo = 0
+        self.counts = {"ok": 0, "failed": 0, "requests": 0, "retries": 0, "429": 0, "errors": 0}
 
+    # -- control ----------------------------------------------------------------------------
+    def request_stop(self, *, immediate: bool = False) -> None:
+        """Stop dispatching; requests on the wire get a grace, ``immediate`` abandons them.
+
+        Safe to call from a signal handler or another thread. Abandoned and undispatched
+        rows go back to ``pending``; nothing is lost either way.
+        """
+        loop = self._loop
+        if loop is None:
+            self._stopping = True
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._stop_now(immediate)
+        else:
+            loop.call_soon_threadsafe(self._stop_now, immediate)
+
+    def _stop_now(self, immediate: bool) -> None:
+        self._stopping = True
+        for task in list(self._tasks):
+            # Rows waiting for budget or a backoff hold nothing: they go back at once.
+            if immediate or task not in self._sending:
+                task.cancel()
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was asked (or a fatal error stopped the job)."""
+        return self._stopping
+
+    def stats(self) -> EngineStats:
+        """Where the run stands: rates against the limits, 429s, retries, ETA."""
+        state = self.limiter.state()
+        elapsed = time.monotonic() - self._started
+        finished = self.counts["ok"] + self.counts["failed"]
+        left = max(0, self._rows_todo - finished)
+        rate = self.meter.rows_per_s()
+        return EngineStats(
+            elapsed_s=elapsed,
+            rows_done=self.counts["ok"],
+            rows_failed=self.counts["failed"],
+            rows_left=left,
+            requests=self.counts["requests"],
+            retries=self.counts["retries"],
+            rate_limited=self.counts["429"],
+            errors=self.counts["errors"],
+            in_flight=len(self._sending),
+            concurrency=self.window.size,
+            requests_per_min=self.meter.requests_per_min(),
+            tokens_per_min=self.meter.tokens_per_min(),
+            rpm_limit=state.rpm,
+            tpm_limit=state.tpm,
+            limit_source=state.source,
+            paused_for_s=state.paused_for_s,
+            eta_s=left / rate if rate > 0 else None,
+            stopping=self._stopping,
+        )
+
+    # -- the run ----------------------------------------------------------------------------
     async def run(self, max_rows: int | None = None) -> None:
-        """Drive pending rows (at most ``max_rows``) until none is left or a fatal error."""
-        self.ledger.requeue_in_flight(self.ctx.job_id, VIA_REALTIME)
-        queue: asyncio.Queue[tuple[str, int, int] | None] = asyncio.Queue(self.concurrency * 2)
-        workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.concurrency)]
+        """Drive pending rows (at most ``max_rows``) until none is left, a stop or a fatal error."""
+        self._loop = asyncio.get_running_loop()
+        self._started = time.monotonic()
+        job_id = self.ctx.job_id
+        self.ledger.requeue_in_flight(job_id, VIA_REALTIME)
+        todo = self.ledger.count_rows(job_id, RowState.PENDING)
+        self._rows_todo = todo if max_rows is None else min(todo, max_rows)
+        ticker = asyncio.create_task(self._tick())
+        buffer: list[tuple[str, int, int]] = []
         claimed = 0
         try:
-            while self._fatal is None and (max_rows is None or claimed < max_rows):
-                want = self.concurrency * 2
-                if max_rows is not None:
-                    want = min(want, max_rows - claimed)
-                rows = self.ledger.claim_pending(self.ctx.job_id, VIA_REALTIME, want)
-                if not rows:
+            while not self._stopping:
+                while len(self._tasks) >= self.window.size and not self._stopping:
+                    self._wake.clear()
+                    await self._wake.wait()
+                if self._stopping:
                     break
-                claimed += len(rows)
-                for row in rows:
-                    await queue.put(row)
-                    if self._fatal is not None:
+                if not buffer:
+                    want = min(CLAIM_CHUNK, max(1, self.window.size))
+                    if max_rows is not None:
+                        want = min(want, max_rows - claimed)
+                    if want <= 0:
                         break
+                    buffer = self.ledger.claim_pending(job_id, VIA_REALTIME, want)[::-1]
+                    if not buffer:
+                        break
+                    claimed += len(buffer)
+                key, position, attempt = buffer.pop()
+                task = asyncio.create_task(self._row(key, position, attempt))
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+            await self._drain()
         finally:
-            for _ in workers:
-                await queue.put(None)
-            await asyncio.gather(*workers, return_exceptions=True)
+            # Reached also when run() itself is cancelled: abandon whatever is left.
+            for task in self._tasks:
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            ticker.cancel()
             self._writer.flush()
-            self._writer.final_progress()
-            if self._fatal is not None:
-                # Rows this run claimed but never sent go back for the next run.
-                self.ledger.requeue_in_flight(self.ctx.job_id, VIA_REALTIME)
+            # Rows claimed but not ended (never sent, abandoned, or stopped by a fatal error)
+            # go back to pending for the next run.
+            self.ledger.requeue_in_flight(job_id, VIA_REALTIME)
+            self._report()
+        if self._stopping and self._fatal is None:
+            stats = self.stats()
+            self.ctx.say(
+                f"stopped: {stats.rows_done} rows answered in this run, the rest left pending;"
+                f" `rowprompt resume {job_id}` continues where it stopped"
+            )
         if self._fatal is not None:
             raise self._fatal
 
-    async def _worker(self, queue: asyncio.Queue[tuple[str, int, int] | None]) -> None:
+    async def _drain(self) -> None:
+        # Wait for the rows still live; a stop asked meanwhile still gets only the grace.
+        while self._tasks and not self._stopping:
+            self._wake.clear()
+            await self._wake.wait()
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=self.stop_grace_s)
+            for task in late:
+                task.cancel()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._sending.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # A bug, not a provider answer: stop the job rather than lose the row silently.
+            self._fatal = self._fatal or RowpromptError(f"internal error in the engine: {exc!r}")
+            self._stop_now(immediate=False)
+        self._wake.set()
+
+    async def _tick(self) -> None:
         while True:
-            item = await queue.get()
-            if item is None:
-                return
-            if self._fatal is not None:
-                continue
-            key, position, attempt = item
-            try:
-                await self._drive_row(key, position, attempt)
-            except RowpromptError as exc:
-                self._fatal = self._fatal or exc
+            await asyncio.sleep(PROGRESS_SECONDS)
+            self._report()
+
+    def _report(self) -> None:
+        if self.on_stats is not None:
+            self.on_stats(self.stats())
+        if self.ctx.on_progress is not None:
+            self.ctx.on_progress(self.ledger.progress(self.ctx.job_id))
+
+    # -- one row ----------------------------------------------------------------------------
+    async def _row(self, key: str, position: int, attempt: int) -> None:
+        with contextlib.suppress(_Stop):
+            await self._drive_row(key, position, attempt)
 
     async def _drive_row(self, key: str, position: int, attempt: int) -> None:
         ctx = self.ctx
@@ -143,78 +288,103 @@ class RealtimeEngine:
         if ctx.use_cache:
             cached = self.ledger.cached(rhash)
             if cached is not None:
-                self._writer.add(RowOutcome(key, RowState.DONE, VIA_CACHE, cached, cost_usd=0.0))
+                self._end(RowOutcome(key, RowState.DONE, VIA_CACHE, cached, cost_usd=0.0))
                 return
-        cost_tokens = admission_tokens(body)
-        if self.limiter.tpm is not None and cost_tokens > self.limiter.tpm:
-            self._writer.add(
-                RowOutcome(
-                    key,
-                    RowState.FAILED,
-                    VIA_REALTIME,
-                    error_code="request_too_large",
-                    error_message=f"the request needs {cost_tokens} tokens, more than the whole"
-                    f" tokens-per-minute budget ({int(self.limiter.tpm)})",
-                )
-            )
+        prompt_tokens, output_tokens = admission_parts(body)
+        reserve = prompt_tokens + output_tokens
+        reason = self.limiter.too_large(reserve)
+        if reason is not None:
+            self._end(RowOutcome(key, RowState.FAILED, VIA_REALTIME,
+                                 error_code="request_too_large", error_message=reason))  # fmt: skip
             return
-        tries = 0
-        rate_limited = 0
+        task = asyncio.current_task()
+        assert task is not None
+        tries = 0  # failed attempts that count against --max-attempts
+        limited = 0
         while True:
-            await self.limiter.acquire(cost_tokens)
+            if self._stopping:
+                raise _Stop
+            ticket = await self.limiter.acquire(reserve, output_tokens)
+            if self._stopping:
+                raise _Stop
+            self._sending.add(task)
+            self.counts["requests"] += 1
+            self.meter.sent(reserve)
+            if tries or limited:
+                self.counts["retries"] += 1
+            sent = time.monotonic()
             started = time.time()
             try:
                 result = await self.provider.complete(body, timeout=ctx.request_timeout)
             except RateLimited as exc:
-                rate_limited += 1
-                self._log_attempt(key, attempt, started, exc)
-                delay = backoff_delay(rate_limited, exc.retry_after)
-                self.limiter.pause(delay)
-                if rate_limited > RATE_LIMIT_RETRIES:
+                limited += 1
+                self.counts["429"] += 1
+                self._log_attempt(key, attempt + tries, started, exc)
+                self.limiter.observe(ticket, _limits_of(exc))
+                pause = self.limiter.rate_limited(exc.retry_after, backoff_delay(limited))
+                self.window.rate_limited()
+                if limited > RATE_LIMIT_RETRIES:
                     self._fail(key, exc)
                     return
+                if limited == 1 or limited % 5 == 0:
+                    ctx.say(f"429 rate limited: every sender waits {pause:.2f} s")
                 continue
             except Transient as exc:
                 tries += 1
-                self._log_attempt(key, attempt, started, exc)
+                self.counts["errors"] += 1
+                self._log_attempt(key, attempt + tries - 1, started, exc)
                 if attempt + tries > ctx.max_attempts:
                     self._fail(key, exc)
                     return
+                self._sending.discard(task)
                 await asyncio.sleep(backoff_delay(tries))
                 continue
             except Permanent as exc:
-                self._log_attempt(key, attempt, started, exc)
+                self._log_attempt(key, attempt + tries, started, exc)
                 self._fail(key, exc)
                 return
-            except ProviderError as exc:
-                # QuotaExhausted and its kind stop the job: no other row will pass either.
-                self._log_attempt(key, attempt, started, exc)
-                raise
-            completion = result.completion
-            self._writer.attempts.append(
-                {
-                    "key": key,
-                    "attempt": attempt + tries,
-                    "via": VIA_REALTIME,
-                    "started_at": started,
-                    "finished_at": time.time(),
-                    "status_code": result.status_code,
-                    "prompt_tokens": completion.prompt_tokens,
-                    "completion_tokens": completion.completion_tokens,
-                }
-            )
-            outcome = RowOutcome(
-                key,
-                RowState.DONE,
-                VIA_REALTIME,
-                completion,
-                cost_usd=ctx.price(completion, False),
-            )
-            self._writer.add(outcome, (rhash, completion) if ctx.use_cache else None)
+            except RowpromptError as exc:
+                # Quota, credentials, an unknown model: no other row will pass either. The
+                # job stops, this row and every other not ended go back to pending.
+                if isinstance(exc, ProviderError):
+                    self._log_attempt(key, attempt + tries, started, exc)
+                self._fatal = self._fatal or exc
+                self._stop_now(immediate=False)
+                raise _Stop from None
+            finally:
+                self._sending.discard(task)
+            self._succeed(key, attempt + tries, rhash, ticket, result, sent, started)
             return
 
+    def _succeed(self, key: str, attempt: int, rhash: str, ticket: Ticket, result: Any,
+                 sent: float, started: float) -> None:  # fmt: skip
+        completion: Completion = result.completion
+        self.window.succeeded(time.monotonic() - sent, ticket.tokens)
+        self.limiter.observe(ticket, result.limits)
+        self.limiter.settle(ticket, completion.completion_tokens)
+        self._writer.attempts.append(
+            {
+                "key": key,
+                "attempt": attempt,
+                "via": VIA_REALTIME,
+                "started_at": started,
+                "finished_at": time.time(),
+                "status_code": result.status_code,
+                "prompt_tokens": completion.prompt_tokens,
+                "completion_tokens": completion.completion_tokens,
+            }
+        )
+        outcome = RowOutcome(key, RowState.DONE, VIA_REALTIME, completion,
+                             cost_usd=self.ctx.price(completion, False))  # fmt: skip
+        self._end(outcome, (rhash, completion) if self.ctx.use_cache else None)
+
+    def _end(self, outcome: RowOutcome, cache_item: tuple[str, Completion] | None = None) -> None:
+        self.counts["ok" if outcome.state == RowState.DONE else "failed"] += 1
+        self.meter.finished()
+        self._writer.add(outcome, cache_item)
+
     def _fail(self, key: str, exc: ProviderError) -> None:
-        self._writer.add(
+        self._end(
             RowOutcome(
                 key,
                 RowState.FAILED,

@@ -89,8 +89,15 @@ class SandboxASGI:
             self.state.stats.count_request(endpoint_name(scope["method"], path), 401)
             return
 
+        hook = self.state.hook
+        endpoint = endpoint_name(scope["method"], path)
+        if hook is not None and not path.startswith("/sandbox/"):
+            hook("request", endpoint)
+
         async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.start":
+                if hook is not None and not path.startswith("/sandbox/"):
+                    hook("response", endpoint)
                 if marker["drop"]:
                     _abort(send)
                     return

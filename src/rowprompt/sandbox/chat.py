@@ -51,6 +51,19 @@ def _storm_error(state: SandboxState, model: str, headers: dict[str, str]) -> AP
     return error
 
 
+def _quota_error(headers: dict[str, str]) -> APIError:
+    # OpenAI's billing 429: no retry-after, since waiting does not help.
+    return APIError(
+        429,
+        "You exceeded your current quota, please check your plan and billing details. For more"
+        " information on this error, read the docs:"
+        " https://platform.openai.com/docs/guides/error-codes/api-errors.",
+        type="insufficient_quota",
+        code="insufficient_quota",
+        headers=dict(headers),
+    )
+
+
 async def chat_completion(state: SandboxState, request: Request) -> Response:
     """Answer one chat completion request; every answer carries the rate-limit headers."""
     started = time.perf_counter()
@@ -90,6 +103,9 @@ async def chat_completion(state: SandboxState, request: Request) -> Response:
         cost = prompt + (req.max_tokens or 0) * req.n
         fault = state.faults.chat()
         entry["fault"] = fault
+        if fault == "quota":
+            state.stats.count_fault("insufficient_quota")
+            raise _quota_error(headers)
         if fault == "storm":
             state.stats.count_rate_limited("storm")
             state.stats.count_fault("rate_limit_storm")
@@ -115,7 +131,13 @@ async def chat_completion(state: SandboxState, request: Request) -> Response:
         if delay > 0:
             await asyncio.sleep(delay)
         answer = completion(req, state.config.seed, state.rules, prompt)
-        state.stats.count_tokens(cost, prompt, answer["usage"]["completion_tokens"])
+        used = answer["usage"]["completion_tokens"]
+        if state.config.token_accounting == "anthropic":
+            # Anthropic counts max_tokens at admission, then the real output: refund the rest.
+            refund = max(0, (req.max_tokens or 0) * req.n - used)
+            state.limiter.refund(limit_model, refund)
+            cost -= refund
+        state.stats.count_tokens(cost, prompt, used)
         headers["openai-processing-ms"] = str(round((time.perf_counter() - started) * 1000))
         return Response(
             json.dumps(answer, ensure_ascii=False).encode("utf-8"),

@@ -111,9 +111,14 @@ def sandbox_command(
         SandboxState(config)  # load the rules now, so a bad file is a clean error
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    from .server import exposure_warning
+
+    warning = exposure_warning(host)
+    if warning:
+        click.echo(f"Warning: {warning}", err=True)
     click.echo(
         f"rowprompt sandbox on http://{host}:{port}/v1 (seed {seed}); "
         f"stats at http://{host}:{port}/sandbox/stats",
         err=True,
     )
-    serve(config, host=host, port=port)
+    serve(config, host=host, port=port, warn_exposed=False)

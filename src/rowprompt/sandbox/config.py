@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -47,6 +47,9 @@ class FaultConfig(BaseModel):
     """Batches that expire once half their requests are done."""
     output_drop_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     """Fraction of succeeded lines left out of output files (a truncated file)."""
+    quota_exhausted_after: int | None = Field(default=None, ge=0)
+    """After this many chat requests (counted from when set), every one gets a 429
+    ``insufficient_quota``: the account ran out of credit."""
 
 
 class SandboxConfig(BaseModel):
@@ -72,6 +75,9 @@ class SandboxConfig(BaseModel):
     rules_file: Path | None = None
     models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS))
     faults: FaultConfig = Field(default_factory=lambda: FaultConfig())
+    token_accounting: Literal["openai", "anthropic"] = "openai"
+    """How the tokens-per-minute bucket counts: ``openai`` keeps prompt + max_tokens × n;
+    ``anthropic`` gives back the unused part of max_tokens when the answer is done."""
     request_log_limit: int = Field(default=1_000_000, ge=0)
     """Most entries the per-request log keeps (oldest dropped first)."""
 

@@ -20,6 +20,7 @@ class FaultInjector:
         self._storm_left = 0
         self._storm_until = 0.0
         self._batches_seen = 0
+        self._chats_seen = 0
         self.replace(config)
 
     def replace(self, config: FaultConfig) -> None:
@@ -29,14 +30,21 @@ class FaultInjector:
             self._storm_left = config.rate_limit_storm_requests
             self._storm_until = time.monotonic() + config.rate_limit_storm_seconds
             self._batches_seen = 0
+            self._chats_seen = 0
 
     def _draw(self, rate: float) -> bool:
         return rate > 0 and self._rng.random() < rate
 
     def chat(self) -> str | None:
-        """The fault for the next chat request: ``storm``, ``drop``, ``error``, ``slow`` or None."""
+        """The next chat request's fault: ``quota``, ``storm``, ``drop``, ``error``, ``slow``."""
         with self._lock:
             cfg = self.config
+            self._chats_seen += 1
+            if (
+                cfg.quota_exhausted_after is not None
+                and self._chats_seen > cfg.quota_exhausted_after
+            ):
+                return "quota"
             if self._storm_left > 0:
                 self._storm_left -= 1
                 return "storm"
@@ -79,7 +87,13 @@ class FaultInjector:
             rate = self.config.output_drop_rate
             if rate <= 0 or count == 0:
                 return set()
-            return set(self._rng.sample(range(count), min(count, math.ceil(count * rate))))
+            # The expected fraction, rounded at random: a one-line batch (a retry) loses its
+            # line with probability ``rate``, not always, or a row could never come back.
+            exact = count * rate
+            drop = math.floor(exact)
+            if exact - drop > 1e-9 and self._rng.random() < exact - drop:
+                drop += 1
+            return set(self._rng.sample(range(count), min(count, drop)))
 
     def latency(self, mean_ms: float, jitter_ms: float) -> float:
         """Seconds of simulated latency: normal around the mean, never negative."""

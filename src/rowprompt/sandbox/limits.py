@@ -140,6 +140,13 @@ class RateLimiter:
             code="rate_limit_exceeded",
         )
 
+    def refund(self, model: str, tokens: int) -> None:
+        """Give ``tokens`` back to ``model``'s tokens bucket (a provider face that refunds)."""
+        _, token_bucket = self._get(model)
+        if token_bucket is not None and tokens > 0:
+            token_bucket.refill(time.monotonic())
+            token_bucket.level = min(float(token_bucket.limit), token_bucket.level + tokens)
+
     def peek(self, model: str) -> dict[str, str]:
         """The rate-limit headers for ``model`` without taking anything."""
         now = time.monotonic()

@@ -6,6 +6,8 @@ import asyncio
 import socket
 import threading
 import time
+import warnings
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -16,6 +18,17 @@ from .config import FaultConfig, SandboxConfig
 from .state import SandboxState
 
 _READY_TIMEOUT = 20.0
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def exposure_warning(host: str) -> str | None:
+    """A warning when ``host`` is not a loopback address, else None."""
+    if host in LOOPBACK or host.startswith("127."):
+        return None
+    return (
+        f"the sandbox binds {host}, not loopback: anyone who can reach this machine can use it"
+        " and read every prompt sent to it; bind 127.0.0.1 unless you mean it"
+    )
 
 
 def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
@@ -34,9 +47,18 @@ def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
     )
 
 
-def serve(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: int = 8787) -> None:
-    """Serve a sandbox in the foreground until interrupted."""
+def serve(
+    config: SandboxConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8787,
+    *,
+    warn_exposed: bool = True,
+) -> None:
+    """Serve a sandbox in the foreground until interrupted (warns when not on loopback)."""
     state = SandboxState(config or SandboxConfig())
+    warning = exposure_warning(host)
+    if warning and warn_exposed:
+        warnings.warn(warning, stacklevel=2)
     uvicorn.Server(_uvicorn_config(build_app(state), host, port)).run()
 
 
@@ -50,6 +72,9 @@ class Sandbox:
     def __init__(self, config: SandboxConfig | None = None, *, host: str = "127.0.0.1") -> None:
         self.config = config or SandboxConfig()
         self.host = host
+        warning = exposure_warning(host)
+        if warning:
+            warnings.warn(warning, stacklevel=2)
         self.state = SandboxState(self.config)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -144,6 +169,15 @@ class Sandbox:
     def reset_stats(self) -> None:
         """Clear the stats and the request log (``POST /sandbox/reset``)."""
         self.state.stats.reset()
+
+    def on_request(self, hook: Callable[[str, str], None] | None) -> None:
+        """Call ``hook(event, endpoint)`` around every /v1 request (None removes it).
+
+        ``event`` is ``"request"`` before the route runs and ``"response"`` once it has run,
+        before any byte of the answer leaves; ``endpoint`` is as in the stats, e.g.
+        ``"POST /v1/batches"``. The hook runs on the server's event loop: keep it quick.
+        """
+        self.state.hook = hook
 
     def set_faults(self, faults: FaultConfig) -> None:
         """Change the faults while it runs (``POST /sandbox/faults``)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rowprompt.tokens import count_text
 
 from .batches import BatchManager
@@ -28,6 +30,10 @@ class SandboxState:
         self.limiter = RateLimiter(config.rpm, config.tpm)
         self.files = FileStore()
         self.batches = BatchManager(self)
+        # Called as hook(event, endpoint) with event "request" (before the route runs) or
+        # "response" (the route is done, nothing sent yet): tests use it to kill a client at
+        # an exact point of the protocol. It must be quick; it runs on the server's loop.
+        self.hook: Callable[[str, str], None] | None = None
         for model in config.models:
             count_text("warm up", model)  # load the tokenizer now, not on the first request
 
