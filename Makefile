@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench format clean
+.PHONY: demo test lint bench soak format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+# The long reliability campaigns (crash anywhere, faults, fuzz); figures in docs/reliability.md.
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests bench examples

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from rowprompt import costs
-from rowprompt.engine.batch import BatchEngine
+from rowprompt.drive import batch_engine
 from rowprompt.errors import UsageError
 from rowprompt.estimator import Estimate
 from rowprompt.jobs import JobProgress, JobState
@@ -95,6 +95,8 @@ class Outcome:
     detached: bool = False
     frame: pd.DataFrame | None = None
     summary: Summary | None = None
+    stopped: bool = False
+    budget_short_usd: float | None = None
 
 
 @dataclass
@@ -114,7 +116,7 @@ class JobStatus:
             return "done"
         return (
             "waiting"
-            if any(s.batch_id for s in self.shards if s.finished_at is None)
+            if any((s.batch_id or s.waiting) for s in self.shards if s.finished_at is None)
             else "running"
         )
 
@@ -142,7 +144,16 @@ def run_job(source: Source, options: RunOptions) -> Outcome:
         frame = runner.write_output()
         out = str(prepared.output) if prepared.output and options.write_output else None
         summary = summarize(frame, prepared.spec.model, prepared.spec.provider)
-        return Outcome(prepared.job_id, progress, out, frame=frame, summary=summary)
+        more = runner.budget.refused_usd if runner.budget and runner.budget.refused_usd else None
+        return Outcome(
+            prepared.job_id,
+            progress,
+            out,
+            frame=frame,
+            summary=summary,
+            stopped=runner.stopped,
+            budget_short_usd=more,
+        )
     finally:
         runner.ledger.close()
 
@@ -214,7 +225,7 @@ class Job:
         """The job's counts and batches now."""
         return job_status(self.id, self.home)
 
-    def wait(self, *, poll_interval: float = 5.0) -> JobStatus:
+    def wait(self, *, poll_interval: float | None = None) -> JobStatus:
         """Block until every row has ended; returns the final status."""
         collect_job(
             self.id,
@@ -279,7 +290,7 @@ def collect_job(
     frame: pd.DataFrame | None = None,
     on_message: Callable[[str], None] | None = None,
     on_progress: Callable[[JobProgress], None] | None = None,
-    poll_interval: float = 5.0,
+    poll_interval: float | None = None,
     write: bool = True,
 ) -> Outcome:
     """Fetch what the job's batches have finished (all of it with ``wait``); write the table."""
@@ -321,12 +332,7 @@ async def _collect(runner: Runner, wait: bool) -> None:
         runner.options.provider, runner.options.base_url, home=runner.ledger.home
     )
     try:
-        engine = BatchEngine(
-            opened.provider,
-            runner.ledger,
-            runner.context(),
-            poll_interval=runner.options.poll_interval,
-        )
+        engine = batch_engine(runner, opened, runner.context())
         if wait:
             if runner.ledger.shards(runner.prepared.job_id, active_only=True):
                 await engine.run(wait=True)
@@ -335,8 +341,9 @@ async def _collect(runner: Runner, wait: bool) -> None:
                 # Nothing in batches: whatever is left is driven as the job's mode says.
                 await runner._drive(runner.ledger.get_job(runner.prepared.job_id), opened)
         else:
-            await engine.resume_unsubmitted()
-            await engine.poll_once()
+            # One pass: adopt, poll, collect what finished, and submit what the queue has room
+            # for (a detached job feeds its queue a little more at every collect).
+            await engine.run(wait=False)
     finally:
         await opened.close()
 
@@ -380,13 +387,7 @@ def cancel_job(
         async def cancel_batches() -> None:
             opened = open_provider(options.provider, options.base_url, home=ledger.home)
             try:
-                engine = BatchEngine(
-                    opened.provider,
-                    ledger,
-                    runner.context(),
-                    poll_interval=1.0,
-                    max_poll_interval=5.0,
-                )
+                engine = batch_engine(runner, opened, runner.context())
                 await engine.cancel()
                 deadline = asyncio.get_running_loop().time() + CANCEL_WAIT_S
                 while await engine.poll_once() and asyncio.get_running_loop().time() < deadline:

@@ -15,6 +15,7 @@ import click
 
 from rowprompt import api
 from rowprompt.config import load_settings
+from rowprompt.engine.scheduler import shard_summary
 from rowprompt.errors import RowpromptError
 from rowprompt.estimator import BATCH_TURNAROUND, Estimate
 from rowprompt.progress import ProgressView
@@ -166,7 +167,16 @@ def main() -> None:
     "--dry-run", is_flag=True, help="Say what would be sent and what it costs; send nothing."
 )
 @click.option("--force", is_flag=True, help="Overwrite an output file this job did not write.")
-@click.option("--poll-interval", type=float, default=5.0, hidden=True)
+@click.option(
+    "--poll-interval", type=float, help="Seconds between batch polls (default: adaptive)."
+)
+@click.option("--batch-token-limit", type=int, help="The model's enqueued-token limit.")
+@click.option(
+    "--fallback",
+    type=click.Choice(["realtime", "none"]),
+    help="Send a batch's last stragglers real time (default: realtime in hybrid mode).",
+)
+@click.option("--request-timeout", type=float, default=120.0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--no-report", is_flag=True, help="Do not write the HTML report.")
 @click.option(
@@ -195,8 +205,11 @@ def run(
     with ProgressView(quiet=quiet) as view:
         options.on_progress = view.update
         options.on_message = view.message
+        options.on_stats = view.stats
         outcome = api.run_job(input_path, options)
     _print_outcome(outcome)
+    if outcome.stopped:
+        sys.exit(130)
     if not no_report and not outcome.detached:
         _write_report(outcome.job_id, options.home)
 
@@ -277,14 +290,7 @@ def status(job: str, home: str | None) -> None:
         f"  tokens: {p.prompt_tokens:,} in, {p.completion_tokens:,} out; cost ${p.cost_usd:.4f}"
     )
     for shard in s.shards:
-        counts = ""
-        if shard.count_total is not None:
-            done, failed = shard.count_completed or 0, shard.count_failed or 0
-            counts = f" {done}/{shard.count_total} done, {failed} failed"
-        click.echo(
-            f"  batch {shard.batch_id or '(not created)'}: shard {shard.number}, {shard.rows} rows,"
-            f" {shard.status or shard.state}{counts}{' — ' + shard.error if shard.error else ''}"
-        )
+        click.echo(f"  {shard_summary(shard)}")
 
 
 @main.command()
@@ -364,7 +370,14 @@ def _print_outcome(outcome: api.Outcome) -> None:
     )
     if outcome.output_path:
         click.echo(f"wrote {outcome.output_path}")
-    if not p.complete:
+    if outcome.budget_short_usd:
+        click.echo(
+            f"the budget held rows back: about ${outcome.budget_short_usd:,.4f} more would finish"
+            " the job (run again with a higher --budget)"
+        )
+    if outcome.stopped:
+        click.echo(f"stopped; continue with: rowprompt resume {outcome.job_id}")
+    elif not p.complete:
         click.echo(f"rows still waiting: rowprompt collect {outcome.job_id} --wait")
 
 

@@ -8,10 +8,14 @@ are ``in_flight`` with their shard, real-time rows are claimed one by one).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import threading
 import time
 from typing import TYPE_CHECKING
 
 from rowprompt import costs, tokens
+from rowprompt.config import load_settings
 from rowprompt.engine.batch import BatchEngine
 from rowprompt.engine.context import RunContext
 from rowprompt.engine.planner import (
@@ -23,6 +27,7 @@ from rowprompt.engine.planner import (
 )
 from rowprompt.engine.ratelimit import Limiter
 from rowprompt.engine.realtime import RealtimeEngine
+from rowprompt.engine.scheduler import OPENAI_TIER1_TOKEN_LIMITS
 from rowprompt.jobs import RowState
 from rowprompt.ledger import JobRecord
 from rowprompt.providers import OpenedProvider
@@ -69,13 +74,71 @@ def plan_job(runner: Runner, rows_left: int) -> Plan:
 
 
 def realtime_engine(runner: Runner, opened: OpenedProvider, ctx: RunContext) -> RealtimeEngine:
-    """A real-time engine at the user's limits and concurrency."""
+    """A real-time engine at the user's limits and concurrency, stoppable by Ctrl-C."""
+    face = "anthropic" if runner.prepared.spec.provider == "anthropic" else "openai"
     return RealtimeEngine(
         opened.provider,
         runner.ledger,
         ctx,
-        limiter=Limiter(runner.options.rpm, runner.options.tpm),
+        limiter=Limiter(runner.options.rpm, runner.options.tpm, face=face),
         concurrency=runner.options.concurrency or DEFAULT_CONCURRENCY,
+        on_stats=runner.options.on_stats,
+    )
+
+
+async def run_realtime(
+    runner: Runner, opened: OpenedProvider, ctx: RunContext, max_rows: int | None = None
+) -> None:
+    """Run the real-time engine; the first Ctrl-C stops it gracefully, a second at once."""
+    engine = realtime_engine(runner, opened, ctx)
+    loop = asyncio.get_running_loop()
+    presses = 0
+
+    def on_interrupt() -> None:
+        nonlocal presses
+        presses += 1
+        engine.request_stop(immediate=presses > 1)
+
+    installed = False
+    if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGINT, on_interrupt)
+            installed = True
+    try:
+        await engine.run(max_rows=max_rows)
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGINT)
+    if engine.stopping:
+        runner.stopped = True
+
+
+def batch_engine(runner: Runner, opened: OpenedProvider, ctx: RunContext) -> BatchEngine:
+    """A batch engine with the job's queue limit, polling and straggler fallback."""
+    options, spec = runner.options, runner.prepared.spec
+    if options.poll_interval is not None:
+        floor = cap = options.poll_interval
+    elif opened.in_process:
+        floor, cap = 0.2, 2.0
+    else:
+        floor, cap = 1.0, 600.0
+    real_openai = spec.provider == "openai" and not spec.base_url
+    defaults = dict(OPENAI_TIER1_TOKEN_LIMITS) if real_openai else {}
+    defaults.update(load_settings().batch_token_limits)
+    fallback = options.fallback or ("realtime" if options.mode == "hybrid" else "none")
+
+    async def stragglers(count: int) -> None:
+        await run_realtime(runner, opened, ctx)
+
+    return BatchEngine(
+        opened.provider,
+        runner.ledger,
+        ctx,
+        poll_interval=floor,
+        max_poll_interval=cap,
+        token_limit=options.batch_token_limit,
+        default_token_limits=defaults or None,
+        on_stragglers=stragglers if fallback == "realtime" else None,
     )
 
 
@@ -83,9 +146,7 @@ async def drive_job(runner: Runner, job: JobRecord, opened: OpenedProvider) -> N
     """Run the job to its end (or, detached, until its batches are submitted)."""
     ctx = runner.context()
     ledger, options = runner.ledger, runner.options
-    # The in-process sandbox finishes batches in seconds: no need to wait minutes between looks.
-    poll = min(options.poll_interval, 0.5) if opened.in_process else options.poll_interval
-    batch = BatchEngine(opened.provider, ledger, ctx, poll_interval=poll)
+    batch = batch_engine(runner, opened, ctx)
     # Batches a previous run submitted are followed to the end whatever the mode now.
     if ledger.shards(job.id, active_only=True):
         await batch.resume_unsubmitted()
@@ -95,12 +156,16 @@ async def drive_job(runner: Runner, job: JobRecord, opened: OpenedProvider) -> N
     if plan.mode == "realtime" and runner.deadline_at is not None:
         _warn_if_too_slow(runner, rows_left, ctx)
     if plan.mode == "realtime":
-        await realtime_engine(runner, opened, ctx).run()
+        await run_realtime(runner, opened, ctx)
+        if runner.stopped:
+            return
         if ledger.shards(job.id, active_only=True) and not options.detach:
             await _batch_phase(runner, batch, opened, ctx)
         return
     if plan.mode == "hybrid" and plan.preview_rows:
-        await realtime_engine(runner, opened, ctx).run(max_rows=plan.preview_rows)
+        await run_realtime(runner, opened, ctx, max_rows=plan.preview_rows)
+        if runner.stopped:
+            return
         if runner.prepared.output is not None and options.write_output:
             runner.write_output()
             ctx.say(
@@ -160,7 +225,7 @@ async def _batch_phase(
                 f"deadline: {rows_left:,} rows cannot wait for the batches; real time takes them"
             )
             await _cancel_and_collect(batch, ledger, job_id)
-            await realtime_engine(runner, opened, ctx).run()
+            await run_realtime(runner, opened, ctx)
             return
         ledger.heartbeat(job_id)
         await asyncio.sleep(interval)

@@ -282,6 +282,13 @@ class Ledger:
                 hint="pass --home DIR or set ROWPROMPT_HOME to a writable folder",
             ) from exc
         self.path = self.home / "rowprompt.db"
+        # Prompts and answers are the user's data: the database is the owner's alone (SQLite
+        # gives its -wal and -shm files the same mode).
+        if not self.path.exists():
+            with contextlib.suppress(OSError):
+                os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        with contextlib.suppress(OSError):
+            os.chmod(self.path, 0o600)
         self._db = sqlite3.connect(
             self.path, timeout=30.0, isolation_level=None, check_same_thread=False
         )
@@ -467,6 +474,18 @@ class Ledger:
                 "UPDATE rows SET state = 'pending', updated_at = ?"
                 " WHERE job_id = ? AND state = 'in_flight' AND via = ? AND shard IS NULL",
                 (time.time(), job_id, via),
+            )
+            return cur.rowcount
+
+    def requeue_failed(self, job_id: str, error_code: str) -> int:
+        """Send rows that failed with ``error_code`` back to pending (e.g. over a budget that
+        has since been raised); their attempt count starts again. Returns how many."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE rows SET state = 'pending', attempts = 0, error_code = NULL,"
+                " error_message = NULL, updated_at = ?"
+                " WHERE job_id = ? AND state = 'failed' AND error_code = ?",
+                (time.time(), job_id, error_code),
             )
             return cur.rowcount
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from types import TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -35,6 +35,7 @@ class ProgressView:
         self._task: TaskID | None = None
         self._last_plain = 0.0
         self._last: JobProgress | None = None
+        self._stats_line = ""
 
     def __enter__(self) -> ProgressView:
         if self.live:
@@ -78,11 +79,20 @@ class ProgressView:
 
     def _plain(self, progress: JobProgress) -> None:
         self._last_plain = time.monotonic()
+        if self._stats_line:
+            print(f"rate: {self._stats_line}", file=self.stream, flush=True)
         print(
             f"progress: {progress.finished}/{progress.total} rows, {_detail(progress)}",
             file=self.stream,
             flush=True,
         )
+
+    def stats(self, stats: Any) -> None:
+        """Real-time engine figures: rates against the limits, 429s, retries, ETA."""
+        line = stats.line() if hasattr(stats, "line") else str(stats)
+        self._stats_line = line
+        if self._progress is not None and self._task is not None and self._last is not None:
+            self._progress.update(self._task, detail=f"{_detail(self._last)} · {line}")
 
     def message(self, text: str) -> None:
         """A one-line message above the bar."""

@@ -23,6 +23,7 @@ from rowprompt import costs, tables
 from rowprompt.answers import AnswerSpec
 from rowprompt.config import load_settings
 from rowprompt.drive import drive_job, plan_job
+from rowprompt.engine.budget import OVER_BUDGET, Budget
 from rowprompt.engine.context import RunContext
 from rowprompt.engine.planner import parse_deadline
 from rowprompt.engine.repair import repair_rows
@@ -68,6 +69,9 @@ class RunOptions:
     budget: float | None = None
     deadline: str | None = None
     preview: int = 20
+    batch_token_limit: int | None = None
+    fallback: str | None = None
+    on_stats: Callable[[Any], None] | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     id_column: str | None = None
@@ -81,7 +85,7 @@ class RunOptions:
     sheet: str | None = None
     home: str | None = None
     force: bool = False
-    poll_interval: float = 5.0
+    poll_interval: float | None = None
     request_timeout: float = 120.0
     sandbox_rules: str | None = None
     on_progress: Callable[[JobProgress], None] | None = None
@@ -272,6 +276,8 @@ class Runner:
         self.prepared = prepared
         self.options = prepared.options
         self.ledger = ledger or Ledger(self.options.home)
+        self.budget: Budget | None = None
+        self.stopped = False
         self.deadline_at = parse_deadline(self.options.deadline) if self.options.deadline else None
 
     # -- the job in the ledger --------------------------------------------------------------
@@ -353,6 +359,10 @@ class Runner:
             request_timeout=self.options.request_timeout,
             on_progress=self.options.on_progress,
             on_message=self.options.on_message,
+            budget=self.budget,
+            worst_cost=lambda prompt, output, batch: costs.cost_usd(
+                model, prompt, output, batch=batch, provider=provider
+            ),
         )
 
     # -- running ----------------------------------------------------------------------------
@@ -360,6 +370,10 @@ class Runner:
         """Drive the job until it is complete (or submitted, with ``detach``)."""
         job = self.ensure_job()
         self.ledger.acquire(job.id)
+        if self.options.budget is not None:
+            # A rerun (with a higher budget, say) asks again the rows a budget held back.
+            self.ledger.requeue_failed(job.id, OVER_BUDGET)
+            self.budget = Budget(self.options.budget, self.ledger.progress(job.id).cost_usd)
         opened = open_provider(
             self.options.provider,
             self.options.base_url,
@@ -381,7 +395,8 @@ class Runner:
         heart = asyncio.create_task(self._heartbeat(job.id))
         try:
             await drive_job(self, job, opened)
-            await self.finish(opened.provider)
+            if not self.stopped:
+                await self.finish(opened.provider)
         finally:
             heart.cancel()
 

@@ -101,11 +101,6 @@ def test_a_canary_key_is_found_nowhere(tmp_path: Path, monkeypatch: pytest.Monke
     assert _files_with(tmp_path, CANARY[3:20].encode()) == []  # no fragment either
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="ledger.py: Ledger.__init__ creates rowprompt.db with the umask (0644 here), so other"
-    " users can read every prompt and answer; it should be created 0600 (issue 9)",
-)
 def test_the_ledger_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     src, home = make_table(tmp_path / "in.csv", 3), tmp_path / "home"
     result = CliRunner().invoke(

@@ -341,6 +341,11 @@ class BatchEngine:
                         error_code=code,
                         error_message=message,
                     )
+            if self.ctx.budget is not None:
+                # Rows back without an answer cost nothing; their next shard reserves anew.
+                for keys in requeue.values():
+                    for key in keys:
+                        self.ctx.budget.release_row(key)
             outcomes.clear()
             attempts.clear()
             cache.clear()
@@ -365,9 +370,10 @@ class BatchEngine:
                 }
             )
             if done is not None:
-                outcomes.append(
-                    RowOutcome(key, RowState.DONE, VIA_BATCH, done, cost_usd=self._price(done))
-                )
+                cost = self._price(done)
+                if self.ctx.budget is not None:
+                    self.ctx.budget.settle_row(key, cost)
+                outcomes.append(RowOutcome(key, RowState.DONE, VIA_BATCH, done, cost_usd=cost))
                 cache.append((hashes[key], done))
             elif (line.error_code in REQUEUE_LINE_CODES) or (line.status_code or 0) >= 500:
                 why = (line.error_code or "batch_error", line.error_message or "")

@@ -22,6 +22,7 @@ class Budget:
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
     refused_usd: float = 0.0
+    held: dict[str, float] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -48,6 +49,31 @@ class Budget:
         """Give a reservation back unspent (the request was never answered)."""
         with self._lock:
             self.reserved_usd = max(0.0, self.reserved_usd - reserved)
+
+    def reserve(self, key: str, amount: float) -> bool:
+        """Reserve ``amount`` for the row ``key`` (until :meth:`settle_row` or release)."""
+        if not self.try_reserve(amount):
+            return False
+        with self._lock:
+            self.held[key] = self.held.get(key, 0.0) + amount
+        return True
+
+    def settle_row(self, key: str, actual: float | None) -> None:
+        """The row's answer came: its reservation becomes what it cost."""
+        with self._lock:
+            reserved = self.held.pop(key, None)
+        if reserved is not None:
+            self.settle(reserved, actual)
+        elif actual:
+            with self._lock:
+                self.spent_usd += actual
+
+    def release_row(self, key: str) -> None:
+        """The row was not answered this time: give its reservation back."""
+        with self._lock:
+            reserved = self.held.pop(key, None)
+        if reserved is not None:
+            self.release(reserved)
 
     def over_budget_message(self) -> str:
         """Why a row was skipped."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rowprompt import tokens
+from rowprompt.engine.budget import Budget
 from rowprompt.jobs import Completion, JobProgress
 
 
@@ -28,6 +29,20 @@ class RunContext:
     on_progress: Callable[[JobProgress], None] | None = None
     on_message: Callable[[str], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    budget: Budget | None = None
+    # Worst-case USD of a request (prompt tokens, output tokens, batch?), for the budget.
+    worst_cost: Callable[[int, int, bool], float | None] | None = None
+
+    def reserve_budget(self, key: str, prompt_tokens: int, output_tokens: int, batch: bool) -> bool:
+        """Reserve a row's worst-case cost under ``--budget``; False when it would pass it.
+
+        A request without a maximum output is assumed to answer ``DEFAULT_OUTPUT_ESTIMATE``
+        tokens: set ``--max-tokens`` for a hard bound.
+        """
+        if self.budget is None or self.worst_cost is None:
+            return True
+        worst = self.worst_cost(prompt_tokens, output_tokens or DEFAULT_OUTPUT_ESTIMATE, batch)
+        return worst is None or self.budget.reserve(key, worst)
 
     def custom_id(self, position: int) -> str:
         """The batch ``custom_id`` of the row at ``position``: job and row."""

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rowprompt.engine.budget import OVER_BUDGET
 from rowprompt.engine.context import RunContext, admission_parts
 from rowprompt.engine.pacing import EngineStats, RateMeter, Window
 from rowprompt.engine.ratelimit import Limiter, Ticket
@@ -278,8 +279,12 @@ class RealtimeEngine:
 
     # -- one row ----------------------------------------------------------------------------
     async def _row(self, key: str, position: int, attempt: int) -> None:
-        with contextlib.suppress(_Stop):
-            await self._drive_row(key, position, attempt)
+        try:
+            with contextlib.suppress(_Stop):
+                await self._drive_row(key, position, attempt)
+        finally:
+            if self.ctx.budget is not None:
+                self.ctx.budget.release_row(key)  # a no-op once the answer settled it
 
     async def _drive_row(self, key: str, position: int, attempt: int) -> None:
         ctx = self.ctx
@@ -296,6 +301,11 @@ class RealtimeEngine:
         if reason is not None:
             self._end(RowOutcome(key, RowState.FAILED, VIA_REALTIME,
                                  error_code="request_too_large", error_message=reason))  # fmt: skip
+            return
+        if not ctx.reserve_budget(key, prompt_tokens, output_tokens, False):
+            assert ctx.budget is not None
+            self._end(RowOutcome(key, RowState.FAILED, VIA_REALTIME, error_code=OVER_BUDGET,
+                                 error_message=ctx.budget.over_budget_message()))  # fmt: skip
             return
         task = asyncio.current_task()
         assert task is not None
@@ -374,8 +384,10 @@ class RealtimeEngine:
                 "completion_tokens": completion.completion_tokens,
             }
         )
-        outcome = RowOutcome(key, RowState.DONE, VIA_REALTIME, completion,
-                             cost_usd=self.ctx.price(completion, False))  # fmt: skip
+        cost = self.ctx.price(completion, False)
+        if self.ctx.budget is not None:
+            self.ctx.budget.settle_row(key, cost)
+        outcome = RowOutcome(key, RowState.DONE, VIA_REALTIME, completion, cost_usd=cost)
         self._end(outcome, (rhash, completion) if self.ctx.use_cache else None)
 
     def _end(self, outcome: RowOutcome, cache_item: tuple[str, Completion] | None = None) -> None:

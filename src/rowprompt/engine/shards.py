@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 import tiktoken
 
 from rowprompt import tokens
+from rowprompt.engine.budget import OVER_BUDGET
 from rowprompt.engine.context import RunContext
 from rowprompt.jobs import VIA_BATCH, VIA_CACHE, RowOutcome, RowState
 from rowprompt.ledger import Ledger, ShardRecord
@@ -221,6 +222,16 @@ class ShardPlanner:
                     RowOutcome(
                         key, RowState.FAILED, VIA_BATCH, error_code="request_too_large",
                         error_message=too_big,
+                    )
+                )  # fmt: skip
+                continue
+            output = output_allowance(body)
+            if not self.ctx.reserve_budget(key, estimate - output, output, True):
+                assert self.ctx.budget is not None
+                ended.append(
+                    RowOutcome(
+                        key, RowState.FAILED, VIA_BATCH, error_code=OVER_BUDGET,
+                        error_message=self.ctx.budget.over_budget_message(),
                     )
                 )  # fmt: skip
                 continue
