@@ -12,12 +12,14 @@ import contextlib
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from rowprompt import costs, tokens
 from rowprompt.config import load_settings
 from rowprompt.engine.batch import BatchEngine
 from rowprompt.engine.context import RunContext
+from rowprompt.engine.pacing import EngineStats
 from rowprompt.engine.planner import (
     Plan,
     batch_history,
@@ -82,8 +84,24 @@ def realtime_engine(runner: Runner, opened: OpenedProvider, ctx: RunContext) -> 
         ctx,
         limiter=Limiter(runner.options.rpm, runner.options.tpm, face=face),
         concurrency=runner.options.concurrency or DEFAULT_CONCURRENCY,
-        on_stats=runner.options.on_stats,
+        on_stats=_stats_recorder(runner, ctx.job_id),
     )
+
+
+def _stats_recorder(runner: Runner, job_id: str) -> Callable[[EngineStats], None]:
+    """Pass engine figures on, and log each change of the limit in force for the report."""
+    last: list[tuple[float | None, float | None]] = []
+    forward = runner.options.on_stats
+
+    def record(stats: EngineStats) -> None:
+        limits = (stats.rpm_limit, stats.tpm_limit)
+        if (not last or last[0] != limits) and (limits[0] or limits[1]):
+            runner.ledger.record_rate_limit(job_id, limits[0], limits[1], stats.limit_source)
+            last[:] = [limits]
+        if forward is not None:
+            forward(stats)
+
+    return record
 
 
 async def run_realtime(

@@ -145,6 +145,18 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (provider, model)
     );
     """,
+    # 3: the real-time rate limit in force over time (from flags, headers, or learned after a
+    # 429), one row per change: the run report draws the limit line from it.
+    """
+    CREATE TABLE rate_limits (
+        job_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        rpm REAL,
+        tpm REAL,
+        source TEXT NOT NULL
+    );
+    CREATE INDEX rate_limits_by_job ON rate_limits (job_id, at);
+    """,
 )
 
 # A job whose owner has not beaten its heart for this long is taken over by the next process.
@@ -488,6 +500,16 @@ class Ledger:
                 (time.time(), job_id, error_code),
             )
             return cur.rowcount
+
+    def record_rate_limit(
+        self, job_id: str, rpm: float | None, tpm: float | None, source: str
+    ) -> None:
+        """The real-time limit in force changed (for the run report)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO rate_limits (job_id, at, rpm, tpm, source) VALUES (?, ?, ?, ?, ?)",
+                (job_id, time.time(), rpm, tpm, source),
+            )
 
     def claim_pending(self, job_id: str, via: str, limit: int) -> list[tuple[str, int, int]]:
         """Mark up to ``limit`` pending rows in flight; returns (key, position, attempt)."""
