@@ -22,8 +22,6 @@ from rowprompt.providers.base import BatchCaps, BatchInfo, CompletionResult
 from rowprompt.providers.openai import (
     OpenAIProvider,
     batch_info,
-    completion_from_body,
-    limits_from_headers,
     translate_error,
 )
 
@@ -53,7 +51,10 @@ class AzureOpenAIProvider(OpenAIProvider):
         api_version: str = DEFAULT_API_VERSION,
         timeout: float = 120.0,
     ) -> None:
-        super().__init__(api_key=api_key, base_url=endpoint, name="azure", timeout=timeout)
+        # The lean hot path knows nothing of deployment paths and api-version: SDK only.
+        super().__init__(
+            api_key=api_key, base_url=endpoint, name="azure", timeout=timeout, lean=False
+        )
         self.endpoint = endpoint
         self.api_version = api_version
         # OpenAIProvider builds a plain AsyncOpenAI; Azure needs its own client (paths,
@@ -68,29 +69,17 @@ class AzureOpenAIProvider(OpenAIProvider):
 
     async def complete(self, body: Mapping[str, Any], *, timeout: float) -> CompletionResult:
         """One chat completion on the deployment named by ``body["model"]``."""
-        # Always through the SDK (OpenAIProvider may take a faster path of its own that
-        # knows nothing of deployment paths and api-version).
-        extra = {k: v for k, v in body.items() if k not in ("model", "messages")}
         try:
-            raw = await self._client.chat.completions.with_raw_response.create(
-                model=body["model"],
-                messages=body["messages"],
-                extra_body=extra or None,
-                timeout=timeout,
-            )
-        except openai.APIError as exc:
-            error = translate_error(exc)
-            if isinstance(error, Permanent) and error.code == "DeploymentNotFound":
+            return await super().complete(body, timeout=timeout)
+        except Permanent as error:
+            if error.code == "DeploymentNotFound":
                 raise _deployment_error(str(body.get("model")), self.endpoint) from None
-            if isinstance(error, ConfigError) and "credentials" in error.message:
+            raise
+        except ConfigError as error:
+            if "credentials" in error.message:
                 hint = "check AZURE_OPENAI_API_KEY (the key of this Azure resource)"
                 raise ConfigError(error.message, hint=hint) from None
-            raise error from None
-        return CompletionResult(
-            completion=completion_from_body(raw.parse().model_dump()),
-            limits=limits_from_headers(raw.headers),
-            status_code=raw.status_code,
-        )
+            raise
 
     async def check_model(self, model: str) -> None:
         """Nothing to check cheaply: Azure lists models, not deployments. The first request
