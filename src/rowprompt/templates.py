@@ -138,6 +138,22 @@ class PromptTemplate:
             compiled.append((role, origin, ast, template))
         return compiled
 
+    @cached_property
+    def _fast(self) -> list[tuple[str, list[str | tuple[str]]]] | None:
+        """Each template as literal text and column references, or None when any is more.
+
+        A template that is only text, ``{{ column }}`` and ``{{ row["column"] }}`` renders
+        without Jinja: each reference prints ``str(_finalize(template_value(cell)))``, which
+        is exactly what the compiled template prints for it.
+        """
+        plans = []
+        for role, _, ast, _ in self._compiled:
+            parts = _fast_parts(ast)
+            if parts is None:
+                return None
+            plans.append((role, parts))
+        return plans
+
     def variables(self) -> set[str]:
         """The column names the templates refer to, found statically."""
         found: set[str] = set()
@@ -158,6 +174,31 @@ class PromptTemplate:
 
     def render(self, row: Mapping[str, Any], *, key: str | None = None) -> list[dict[str, str]]:
         """The chat messages for one row: an optional system message, then the user's."""
+        fast = self._fast
+        if fast is not None:
+            try:
+                return [
+                    {
+                        "role": role,
+                        "content": "".join(
+                            [
+                                part
+                                if type(part) is str
+                                else str(_finalize(template_value(row[part[0]])))
+                                for part in parts
+                            ]
+                        ),
+                    }
+                    for role, parts in fast
+                ]
+            except Exception:  # a missing column or an odd value: Jinja says why
+                pass
+        return self._render_jinja(row, key=key)
+
+    def _render_jinja(
+        self, row: Mapping[str, Any], *, key: str | None = None
+    ) -> list[dict[str, str]]:
+        """:meth:`render` through the compiled Jinja templates."""
         values = {str(k): template_value(v) for k, v in row.items()}
         context = {k: v for k, v in values.items() if k.isidentifier()}
         context[ROW_VARIABLE] = values
@@ -202,6 +243,30 @@ def _referenced_columns(ast: nodes.Template) -> set[str]:
         elif isinstance(node, nodes.Getattr) and node.attr not in _MAPPING_ATTRIBUTES:
             found.add(node.attr)
     return found
+
+
+def _fast_parts(ast: nodes.Template) -> list[str | tuple[str]] | None:
+    """The template as literal text and ``(column,)`` references, or None if it is more."""
+    parts: list[str | tuple[str]] = []
+    for output in ast.body:
+        if not isinstance(output, nodes.Output):
+            return None
+        for node in output.nodes:
+            if isinstance(node, nodes.TemplateData):
+                parts.append(node.data)
+            elif isinstance(node, nodes.Name) and node.ctx == "load" and node.name != ROW_VARIABLE:
+                parts.append((node.name,))
+            elif (
+                isinstance(node, nodes.Getitem)
+                and node.ctx == "load"
+                and _is_row(node)
+                and isinstance(node.arg, nodes.Const)
+                and type(node.arg.value) is str
+            ):
+                parts.append((node.arg.value,))
+            else:
+                return None
+    return parts
 
 
 def _is_row(node: nodes.Node) -> bool:

@@ -43,7 +43,8 @@ def test_realtime_numbers_match_the_ledger(jobs: Jobs) -> None:
     assert len(data.latencies) == 60
     assert data.cost_actual[-1] == pytest.approx(progress.cost_usd)
     assert not data.shards and data.queue is None
-    assert any("rate limit in force is not recorded" in n for n in data.notes)
+    # The limit in force is recorded as the engine learns it: no "not recorded" note.
+    assert not any("rate limit in force is not recorded" in n for n in data.notes)
     # The input file is still there: the sample shows its columns beside the parsed answer.
     assert data.sample and all(r.inputs.get("review") for r in data.sample)
     assert {r.answer for r in data.sample} <= {"positive", "negative", "neutral"}
@@ -134,10 +135,7 @@ def test_degrades_without_newer_tables_and_draws_a_recorded_limit(
     db = sqlite3.connect(home_copy / "rowprompt.db")
     with db:
         db.execute("DROP TABLE queue_limits")  # a ledger from before migration 2
-        # The table docs/report.md proposes: the report draws it wherever a ledger has it.
-        db.execute(
-            "CREATE TABLE rate_limits (job_id TEXT, at REAL, rpm REAL, tpm REAL, source TEXT)"
-        )
+        db.execute("DELETE FROM rate_limits")
         start = db.execute("SELECT min(started_at) FROM attempts").fetchone()[0]
         db.execute(
             "INSERT INTO rate_limits VALUES (?, ?, 3000, 400000, 'header')", (jobs.realtime, start)
@@ -147,6 +145,13 @@ def test_degrades_without_newer_tables_and_draws_a_recorded_limit(
     assert 'data-chart="queue"' in batch and "queue limit 500" not in batch
     realtime = build_report(jobs.realtime, str(home_copy))
     assert "limit (rpm)" in realtime and "not recorded" not in realtime
+    # A ledger from before migration 3 has no limit history: the report says so.
+    db = sqlite3.connect(home_copy / "rowprompt.db")
+    with db:
+        db.execute("DROP TABLE rate_limits")
+    db.close()
+    older = build_report(jobs.realtime, str(home_copy))
+    assert "not recorded" in older
 
 
 def test_missing_input_file_still_reports(jobs: Jobs, tmp_path: Path) -> None:
