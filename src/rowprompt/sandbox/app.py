@@ -85,39 +85,51 @@ class SandboxASGI:
             body = error_body(NO_KEY)
             if path.startswith("/v1/messages"):
                 body = AnthropicError(401, anthropic_face.NO_KEY).body()
-            await _send_json(send, 401, body)
+            # Counted before the answer leaves, so a client that reads the stats right after
+            # its answer always finds its own request there.
             self.state.stats.count_request(endpoint_name(scope["method"], path), 401)
+            await _send_json(send, 401, body)
             return
 
         hook = self.state.hook
         endpoint = endpoint_name(scope["method"], path)
+        counted = path.startswith("/sandbox/")  # looking at the stats must not change them
         if hook is not None and not path.startswith("/sandbox/"):
             hook("request", endpoint)
 
         async def tracking_send(message: Message) -> None:
+            nonlocal counted
             if message["type"] == "http.response.start":
                 if hook is not None and not path.startswith("/sandbox/"):
                     hook("response", endpoint)
                 if marker["drop"]:
+                    if not counted:
+                        counted = True
+                        self.state.stats.count_request(endpoint, 0)
                     _abort(send)
                     return
                 marker["status"] = message["status"]
+                if not counted:
+                    counted = True
+                    self.state.stats.count_request(endpoint, message["status"])
             if marker["drop"]:
                 return
             await send(message)
 
         await self.app(scope, receive, tracking_send)
         if path.startswith("/sandbox/"):
-            return  # looking at the stats must not change them
+            return
         if marker["drop"]:
             # Wait for the transport to report the loss, so the server sends nothing more.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     while (await receive())["type"] != "http.disconnect":
                         pass
-            self.state.stats.count_request(endpoint_name(scope["method"], path), 0)
+            if not counted:
+                self.state.stats.count_request(endpoint, 0)
             return
-        self.state.stats.count_request(endpoint_name(scope["method"], path), marker["status"])
+        if not counted:  # the app ended without answering
+            self.state.stats.count_request(endpoint, marker["status"])
 
 
 def _has_key(scope: Scope) -> bool:
