@@ -329,7 +329,10 @@ def _frame_only(runner: Runner) -> pd.DataFrame:
 
 async def _collect(runner: Runner, wait: bool) -> None:
     opened = open_provider(
-        runner.options.provider, runner.options.base_url, home=runner.ledger.home
+        runner.options.provider,
+        runner.options.base_url,
+        home=runner.ledger.home,
+        endpoint=runner.prepared.spec.endpoint,
     )
     try:
         engine = batch_engine(runner, opened, runner.context())
@@ -385,7 +388,9 @@ def cancel_job(
         runner = Runner(prepared, ledger)
 
         async def cancel_batches() -> None:
-            opened = open_provider(options.provider, options.base_url, home=ledger.home)
+            opened = open_provider(
+                options.provider, options.base_url, home=ledger.home, endpoint=job.spec.endpoint
+            )
             try:
                 engine = batch_engine(runner, opened, runner.context())
                 await engine.cancel()

@@ -78,10 +78,18 @@ class JobSpec:
     id_column: str | None = None
     sheet: str | None = None
     limit: int | None = None
+    # Added after the first release: left out of the hash while at their defaults, so a job
+    # made before they existed keeps its identity.
+    endpoint: str = "chat"  # chat | responses | embeddings
+    image_columns: tuple[str, ...] = ()
 
     def job_id(self) -> str:
         """A short, stable hash of the spec: the same command again finds the same job."""
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        fields = asdict(self)
+        for name, default in _LATER_FIELDS.items():
+            if fields[name] == default:
+                del fields[name]
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     def to_json(self) -> str:
@@ -91,7 +99,13 @@ class JobSpec:
     @classmethod
     def from_json(cls, text: str) -> JobSpec:
         """The spec back from the ledger."""
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        if "image_columns" in data:
+            data["image_columns"] = tuple(data["image_columns"])
+        return cls(**data)
+
+
+_LATER_FIELDS: dict[str, Any] = {"endpoint": "chat", "image_columns": ()}
 
 
 def request_hash(body: dict[str, Any]) -> str:

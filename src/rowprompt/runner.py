@@ -83,6 +83,8 @@ class RunOptions:
     no_cache: bool = False
     max_attempts: int = 6
     sheet: str | None = None
+    endpoint: str | None = None  # None: chat, or what the model needs
+    image_columns: list[str] = field(default_factory=list)
     home: str | None = None
     force: bool = False
     poll_interval: float | None = None
@@ -232,6 +234,8 @@ def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) 
         id_column=options.id_column,
         sheet=options.sheet,
         limit=options.limit,
+        endpoint=options.endpoint or "chat",
+        image_columns=tuple(options.image_columns),
     )
     return Prepared(table, template, spec, options, output, answer, structured)
 
@@ -380,6 +384,7 @@ class Runner:
             request_timeout=self.options.request_timeout,
             sandbox_rules=self.options.sandbox_rules,
             home=self.ledger.home,
+            endpoint=self.prepared.spec.endpoint,
         )
         try:
             await self._drive(job, opened)
@@ -466,6 +471,8 @@ def options_for_job(job: JobRecord, base: RunOptions | None = None) -> RunOption
     options.max_tokens = spec.params.get("max_completion_tokens") or spec.params.get("max_tokens")
     options.temperature = spec.params.get("temperature")
     options.mode = spec.mode
+    options.endpoint = spec.endpoint
+    options.image_columns = list(spec.image_columns)
     return options
 
 

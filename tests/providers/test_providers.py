@@ -125,12 +125,12 @@ def test_anthropic_batch_round_trip(sandbox: Sandbox, tmp_path: Path) -> None:
 
 
 def test_azure_real_time_on_a_deployment(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
-    provider = AzureOpenAIProvider(api_key="k", endpoint=sandbox.url)
+    provider = AzureOpenAIProvider(api_key="k", azure_endpoint=sandbox.url)
     result = asyncio.run(_complete(provider, body(model="gpt-4o-mini")))
     assert result.completion.text and result.completion.model == "gpt-4o-mini-sandbox"
     paths = sandbox.stats()["requests_by_endpoint"]
     assert paths == {"POST /openai/deployments/gpt-4o-mini/chat/completions": 1}
-    missing = AzureOpenAIProvider(api_key="k", endpoint=sandbox.url)
+    missing = AzureOpenAIProvider(api_key="k", azure_endpoint=sandbox.url)
     with pytest.raises(ConfigError, match="no deployment named 'my-gpt'"):
         asyncio.run(_complete(missing, body(model="my-gpt")))
 
@@ -151,7 +151,7 @@ async def _azure_batch(provider: AzureOpenAIProvider, path: Path) -> tuple[Batch
 
 
 def test_azure_batch_round_trip(sandbox: Sandbox, tmp_path: Path) -> None:
-    provider = AzureOpenAIProvider(api_key="k", endpoint=sandbox.url)
+    provider = AzureOpenAIProvider(api_key="k", azure_endpoint=sandbox.url)
     info, results = asyncio.run(_azure_batch(provider, tmp_path / "shard.jsonl"))
     assert (info.status, info.completed) == ("completed", 2)
     assert sorted(r.custom_id for r in results if r.completion) == ["job2-0", "job2-1"]
@@ -212,6 +212,6 @@ def test_sandbox_faces_share_the_buckets() -> None:
     with Sandbox(fast_config(rpm=1)) as sb:
         provider = AnthropicProvider(api_key="k", base_url=sb.url)
         asyncio.run(_complete(provider, body(model="gpt-4o-mini")))
-        azure = AzureOpenAIProvider(api_key="k", endpoint=sb.url)
+        azure = AzureOpenAIProvider(api_key="k", azure_endpoint=sb.url)
         with pytest.raises(RateLimited):
             asyncio.run(_complete(azure, body(model="gpt-4o-mini")))

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rowprompt.errors import ConfigError
+from rowprompt.errors import ConfigError, UsageError
 from rowprompt.providers.base import Provider
 
 PROVIDERS = ("openai", "sandbox", "azure", "anthropic")
@@ -25,6 +25,9 @@ PROVIDERS = ("openai", "sandbox", "azure", "anthropic")
 MODEL_PREFIXES = ("openai", "azure", "anthropic")
 DEFAULT_PROVIDER = "openai"
 _OPENAI_MODEL_PREFIXES = ("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-")
+
+
+ENDPOINTS = ("chat", "responses", "embeddings")
 
 
 @dataclass
@@ -109,32 +112,49 @@ def open_provider(
     request_timeout: float = 120.0,
     sandbox_rules: str | None = None,
     home: str | os.PathLike[str] | None = None,
+    endpoint: str = "chat",
 ) -> OpenedProvider:
     """Open the named provider; ``sandbox`` without a base URL starts one in this process.
 
     ``home`` is the rowprompt home; the Anthropic provider keeps its batch journal there.
+    ``endpoint`` is the API the job's requests go to: ``chat`` (Chat Completions or
+    Messages), ``responses`` or ``embeddings`` (OpenAI-shaped providers only).
     """
     check_provider_config(name, base_url)
+    if endpoint not in ENDPOINTS:
+        raise UsageError(
+            f"unknown endpoint {endpoint!r}", hint=f"use one of: {', '.join(ENDPOINTS)}"
+        )
     if name == "anthropic":
+        if endpoint != "chat":
+            raise ConfigError(
+                f"the Anthropic API has no {endpoint} endpoint",
+                hint="use an OpenAI model (--provider openai) for it",
+            )
         return _open_anthropic(base_url, request_timeout, home)
     if name == "azure":
         from rowprompt.providers.azure import DEFAULT_API_VERSION, AzureOpenAIProvider
 
-        endpoint = base_url or os.environ["AZURE_OPENAI_ENDPOINT"]
+        azure_endpoint = base_url or os.environ["AZURE_OPENAI_ENDPOINT"]
         azure = AzureOpenAIProvider(
             api_key=os.environ["AZURE_OPENAI_API_KEY"],
-            endpoint=endpoint,
+            azure_endpoint=azure_endpoint,
             api_version=os.environ.get("OPENAI_API_VERSION") or DEFAULT_API_VERSION,
             timeout=request_timeout,
+            endpoint=endpoint,
         )
-        return OpenedProvider(azure, azure.aclose, endpoint)
+        return OpenedProvider(azure, azure.aclose, azure_endpoint)
 
     from rowprompt.providers.openai import OpenAIProvider
 
     if name == "sandbox":
         if base_url:
             provider = OpenAIProvider(
-                api_key="sandbox", base_url=base_url, name="sandbox", timeout=request_timeout
+                api_key="sandbox",
+                base_url=base_url,
+                name="sandbox",
+                timeout=request_timeout,
+                endpoint=endpoint,
             )
             return OpenedProvider(provider, provider.aclose, base_url)
         from rowprompt.sandbox import Sandbox, SandboxConfig
@@ -144,7 +164,11 @@ def open_provider(
         sandbox = Sandbox(config)
         sandbox.start()
         provider = OpenAIProvider(
-            api_key="sandbox", base_url=sandbox.base_url, name="sandbox", timeout=request_timeout
+            api_key="sandbox",
+            base_url=sandbox.base_url,
+            name="sandbox",
+            timeout=request_timeout,
+            endpoint=endpoint,
         )
 
         async def close() -> None:
@@ -155,7 +179,9 @@ def open_provider(
     url = base_url or os.environ.get("OPENAI_BASE_URL") or None
     # Local OpenAI-compatible servers often need no key; the SDK insists on one.
     key = os.environ.get("OPENAI_API_KEY") or "not-needed"
-    provider = OpenAIProvider(api_key=key, base_url=url, name="openai", timeout=request_timeout)
+    provider = OpenAIProvider(
+        api_key=key, base_url=url, name="openai", timeout=request_timeout, endpoint=endpoint
+    )
     return OpenedProvider(provider, provider.aclose, url)
 
 

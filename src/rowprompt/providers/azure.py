@@ -47,21 +47,27 @@ class AzureOpenAIProvider(OpenAIProvider):
         self,
         *,
         api_key: str,
-        endpoint: str,
+        azure_endpoint: str,
         api_version: str = DEFAULT_API_VERSION,
         timeout: float = 120.0,
+        endpoint: str = "chat",
     ) -> None:
         # The lean hot path knows nothing of deployment paths and api-version: SDK only.
         super().__init__(
-            api_key=api_key, base_url=endpoint, name="azure", timeout=timeout, lean=False
+            api_key=api_key,
+            base_url=azure_endpoint,
+            name="azure",
+            timeout=timeout,
+            lean=False,
+            endpoint=endpoint,
         )
-        self.endpoint = endpoint
+        self.azure_endpoint = azure_endpoint
         self.api_version = api_version
         # OpenAIProvider builds a plain AsyncOpenAI; Azure needs its own client (paths,
         # api-version, the api-key header). It has made no connection yet: swap it.
         self._client = AsyncAzureOpenAI(
             api_key=api_key,
-            azure_endpoint=endpoint,
+            azure_endpoint=azure_endpoint,
             api_version=api_version,
             max_retries=0,
             timeout=timeout,
@@ -73,7 +79,7 @@ class AzureOpenAIProvider(OpenAIProvider):
             return await super().complete(body, timeout=timeout)
         except Permanent as error:
             if error.code == "DeploymentNotFound":
-                raise _deployment_error(str(body.get("model")), self.endpoint) from None
+                raise _deployment_error(str(body.get("model")), self.azure_endpoint) from None
             raise
         except ConfigError as error:
             if "credentials" in error.message:

@@ -65,9 +65,12 @@ class OpenAIProvider:
         timeout: float = 120.0,
         max_connections: int = 256,
         lean: bool | None = None,
+        endpoint: str = "chat",
     ) -> None:
         self.name = name
         self.base_url = base_url
+        # Which API the job's requests go to: chat (Chat Completions), responses, embeddings.
+        self.endpoint = endpoint
         self._client = AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
