@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,7 @@ def batch_error(
 
 
 def _estimate(body: dict[str, Any], model: str) -> int:
-    """Enqueued tokens of one request: prompt estimate + max output tokens x n."""
+    """Enqueued tokens of one chat request: prompt estimate + max output tokens x n."""
     messages = body.get("messages")
     prompt = 0
     if isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
@@ -166,7 +166,7 @@ def parse_input(
         parsed.spans.append((custom_id, line_start, end))
         if len(parsed.spans) <= max_requests:
             base = resolve_model(parsed.model or "", models) or "gpt-4o-mini"
-            parsed.tokens += _estimate(body, base)
+            parsed.tokens += ESTIMATORS.get(endpoint, _estimate)(body, base)
     if errors:
         return parsed
     if not parsed.spans:
@@ -193,40 +193,49 @@ class LineResult:
     completion_tokens: int = 0
 
 
+def _chat_line(
+    body: Any, models: Collection[str], seed: int, rules: Sequence[Rule]
+) -> tuple[dict[str, Any], int, int]:
+    answer = completion(validate_chat(body, models), seed, rules)
+    usage = answer["usage"]
+    return answer, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
+
+
+# One handler per batch endpoint: the line's body -> (response body, input tokens, output
+# tokens); an invalid body raises APIError, which becomes the line's error response.
+LineHandler = Callable[[Any, Collection[str], int, Sequence[Rule]], tuple[dict[str, Any], int, int]]
+HANDLERS: dict[str, LineHandler] = {"/v1/chat/completions": _chat_line}
+# Enqueued-token estimate of one line's body, per endpoint (chat's when absent).
+ESTIMATORS: dict[str, Callable[[dict[str, Any], str], int]] = {}
+
+
 def execute(
     content: bytes,
     spans: Sequence[tuple[str, int, int]],
     models: Collection[str],
     seed: int,
     rules: Sequence[Rule],
+    endpoint: str = "/v1/chat/completions",
 ) -> list[LineResult]:
-    """Answer request lines the way the chat endpoint would (without limits or faults)."""
+    """Answer request lines the way the endpoint would (without limits or faults)."""
+    handler = HANDLERS[endpoint]
     results = []
     for custom_id, start, end in spans:
         body = json.loads(content[start:end])["body"]
         request_id = "req_" + secrets.token_hex(16)
         try:
-            req = validate_chat(body, models)
-            answer = completion(req, seed, rules)
+            response_body, prompt_tokens, completion_tokens = handler(body, models, seed, rules)
         except APIError as exc:
-            status, response_body, usage = exc.status, exc.body(), {}
+            status, response_body, prompt_tokens, completion_tokens = exc.status, exc.body(), 0, 0
         else:
-            status, response_body, usage = 200, answer, answer["usage"]
+            status = 200
         record = {
             "id": "batch_req_" + secrets.token_hex(16),
             "custom_id": custom_id,
             "response": {"status_code": status, "request_id": request_id, "body": response_body},
             "error": None,
         }
-        results.append(
-            LineResult(
-                custom_id,
-                status,
-                record,
-                usage.get("prompt_tokens", 0),
-                usage.get("completion_tokens", 0),
-            )
-        )
+        results.append(LineResult(custom_id, status, record, prompt_tokens, completion_tokens))
     return results
 
 

@@ -14,7 +14,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .batch_lines import LineResult, batch_error, execute, expired_record, parse_input, to_jsonl
+from .batch_lines import (
+    HANDLERS,
+    LineResult,
+    batch_error,
+    execute,
+    expired_record,
+    parse_input,
+    to_jsonl,
+)
 from .errors import APIError, not_found
 from .files import DEFAULT_BATCH_FILE_TTL, make_id
 from .model import sandbox_model_name
@@ -27,7 +35,6 @@ ENDPOINTS = (
     "/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions",
     "/v1/moderations", "/v1/images/generations", "/v1/images/edits", "/v1/videos",
 )  # fmt: skip
-SUPPORTED_ENDPOINTS = ("/v1/chat/completions",)
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 _CHUNK = 500
@@ -192,10 +199,10 @@ class BatchManager:
                 param="endpoint",
                 code="invalid_value",
             )
-        if endpoint not in SUPPORTED_ENDPOINTS:
+        if endpoint not in HANDLERS:
             raise APIError(
                 400,
-                f"The rowprompt sandbox serves batches for /v1/chat/completions only, "
+                f"The rowprompt sandbox serves batches for {', '.join(HANDLERS)} only, "
                 f"not {endpoint}.",
                 param="endpoint",
                 code="invalid_value",
@@ -406,7 +413,7 @@ class BatchManager:
                 continue
             chunk = spans[len(results) : len(results) + due]
             done = await asyncio.to_thread(
-                execute, content, chunk, state.models, cfg.seed, state.rules
+                execute, content, chunk, state.models, cfg.seed, state.rules, record.endpoint
             )
             for result in done:
                 state.stats.batch_line(result.custom_id, result.status_code)
