@@ -8,7 +8,7 @@ seam; a provider for another API shape translates it. Providers raise only error
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -80,6 +80,24 @@ class BatchLineResult:
     status_code: int | None = None
     error_code: str | None = None
     error_message: str | None = None
+
+
+@dataclass(frozen=True)
+class EndpointShape:
+    """How one OpenAI-shaped endpoint is asked and answered.
+
+    The engines build every request in the chat-completions shape (or, for embeddings, as
+    ``{model, input, ...}``); a shape turns that into the endpoint's own body, and the
+    endpoint's answer into a :class:`Completion`. The same two functions serve real time and
+    batch lines, so both modes ask and read exactly alike.
+    """
+
+    path: str
+    """The endpoint's path: a batch line's ``url`` and the batch's ``endpoint``."""
+    to_request: Callable[[Mapping[str, Any]], dict[str, Any]]
+    to_completion: Callable[[Mapping[str, Any]], Completion]
+    is_answer: Callable[[Mapping[str, Any]], bool]
+    """Whether a 200 body is an answer (a batch line's body may be an error instead)."""
 
 
 class Provider(Protocol):

@@ -40,6 +40,7 @@ from rowprompt.providers.base import (
     BatchInfo,
     BatchLineResult,
     CompletionResult,
+    EndpointShape,
     LimitsObservation,
 )
 
@@ -71,6 +72,7 @@ class OpenAIProvider:
         self.base_url = base_url
         # Which API the job's requests go to: chat (Chat Completions), responses, embeddings.
         self.endpoint = endpoint
+        self.shape = shape_for(endpoint)
         self._client = AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
@@ -92,9 +94,11 @@ class OpenAIProvider:
 
     # -- real time ------------------------------------------------------------------------
     async def complete(self, body: Mapping[str, Any], *, timeout: float) -> CompletionResult:
-        """One chat completion, with the limits its headers announce."""
+        """One request to the job's endpoint, with the limits its headers announce."""
         if self.lean:
             return await self._complete_lean(body, timeout)
+        if self.shape is not CHAT:
+            return await self._complete_sdk(body, timeout)
         extra = {k: v for k, v in body.items() if k not in ("model", "messages")}
         try:
             raw = await self._client.chat.completions.with_raw_response.create(
@@ -111,6 +115,31 @@ class OpenAIProvider:
             completion=completion_from_body(data),
             limits=limits_from_headers(raw.headers),
             status_code=raw.status_code,
+        )
+
+    async def _complete_sdk(self, body: Mapping[str, Any], timeout: float) -> CompletionResult:
+        # Endpoints other than chat go through the SDK's own transport (auth, base URL,
+        # api-version, errors) with the shape's body as it is.
+        try:
+            response = await self._client.post(
+                self.shape.path.removeprefix("/v1"),
+                body=self.shape.to_request(body),
+                cast_to=httpx2.Response,
+                options={"timeout": timeout},
+            )
+        except openai.APIError as exc:
+            raise translate_error(exc) from None
+        try:
+            data = response.json()
+        except ValueError:
+            raise Transient(
+                f"the answer ({response.status_code}) is not JSON: {response.content[:200]!r}",
+                status=response.status_code,
+            ) from None
+        return CompletionResult(
+            completion=self.shape.to_completion(data),
+            limits=limits_from_headers(response.headers),
+            status_code=response.status_code,
         )
 
     def _lean_session(self) -> aiohttp.ClientSession:
@@ -131,8 +160,9 @@ class OpenAIProvider:
         import aiohttp
 
         session = self._lean_session()
-        url = f"{self._client.base_url}chat/completions"
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        url = f"{self._client.base_url}{self.shape.path.removeprefix('/v1/')}"
+        request = body if self.shape is CHAT else self.shape.to_request(body)
+        payload = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
         try:
             async with session.post(
                 url, data=payload, timeout=aiohttp.ClientTimeout(total=timeout)
@@ -161,7 +191,7 @@ class OpenAIProvider:
                 f"the answer ({status}) is not JSON: {raw[:200]!r}", status=status
             ) from None
         return CompletionResult(
-            completion=completion_from_body(data),
+            completion=self.shape.to_completion(data),
             limits=limits_from_headers(headers),
             status_code=status,
         )
@@ -193,7 +223,8 @@ class OpenAIProvider:
     # -- batch ----------------------------------------------------------------------------
     def batch_line(self, custom_id: str, body: Mapping[str, Any]) -> bytes:
         """One line of a batch input file."""
-        line = {"custom_id": custom_id, "method": "POST", "url": CHAT_ENDPOINT, "body": body}
+        request = body if self.shape is CHAT else self.shape.to_request(body)
+        line = {"custom_id": custom_id, "method": "POST", "url": self.shape.path, "body": request}
         return (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
     async def upload_batch_file(self, path: Path) -> str:
@@ -208,11 +239,11 @@ class OpenAIProvider:
         return created.id
 
     async def create_batch(self, input_file_id: str, metadata: Mapping[str, str]) -> BatchInfo:
-        """Create a 24h chat-completions batch over an uploaded file."""
+        """Create a 24h batch on the job's endpoint over an uploaded file."""
         try:
             batch = await self._client.batches.create(
                 input_file_id=input_file_id,
-                endpoint=CHAT_ENDPOINT,
+                endpoint=self.shape.path,  # type: ignore[arg-type]
                 completion_window="24h",
                 metadata=dict(metadata),
             )
@@ -268,7 +299,7 @@ class OpenAIProvider:
             try:
                 async with self._client.files.with_streaming_response.content(file_id) as resp:
                     async for line in resp.iter_lines():
-                        result = parse_batch_line(line)
+                        result = parse_batch_line(line, self.shape)
                         if result is not None:
                             yield result
             except openai.APIError as exc:
@@ -410,8 +441,9 @@ def completion_from_body(body: Mapping[str, Any]) -> Completion:
     )
 
 
-def parse_batch_line(line: str) -> BatchLineResult | None:
+def parse_batch_line(line: str, shape: EndpointShape | None = None) -> BatchLineResult | None:
     """One line of a batch output or error file; None for a line that does not parse."""
+    shape = shape or CHAT
     line = line.strip()
     if not line:
         return None
@@ -426,8 +458,8 @@ def parse_batch_line(line: str) -> BatchLineResult | None:
     if isinstance(response, dict):
         status = response.get("status_code")
         body = response.get("body") or {}
-        if status == 200 and isinstance(body, dict) and body.get("choices"):
-            return BatchLineResult(data["custom_id"], completion_from_body(body), status_code=200)
+        if status == 200 and isinstance(body, dict) and shape.is_answer(body):
+            return BatchLineResult(data["custom_id"], shape.to_completion(body), status_code=200)
         err = body.get("error") if isinstance(body, dict) else None
         err = err if isinstance(err, dict) else {}
         return BatchLineResult(
@@ -444,6 +476,29 @@ def parse_batch_line(line: str) -> BatchLineResult | None:
         error_code=err.get("code") or "batch_error",
         error_message=str(err.get("message") or "no response"),
     )
+
+
+CHAT: Final = EndpointShape(
+    path=CHAT_ENDPOINT,
+    to_request=dict,
+    to_completion=completion_from_body,
+    is_answer=lambda body: bool(body.get("choices")),
+)
+
+
+def shape_for(endpoint: str) -> EndpointShape:
+    """The shape of ``chat``, ``responses`` or ``embeddings``."""
+    if endpoint == "chat":
+        return CHAT
+    if endpoint == "responses":
+        from rowprompt.providers.openai_responses import SHAPE as responses
+
+        return responses
+    if endpoint == "embeddings":
+        from rowprompt.providers.openai_embeddings import SHAPE as embeddings
+
+        return embeddings
+    raise ConfigError(f"unknown endpoint {endpoint!r}", hint="use chat, responses or embeddings")
 
 
 def batch_info(data: Mapping[str, Any]) -> BatchInfo:
