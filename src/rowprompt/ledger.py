@@ -658,9 +658,8 @@ class Ledger:
             db.executemany(
                 "INSERT INTO attempts (job_id, key, attempt, via, started_at, finished_at,"
                 " status_code, error_code, error_message, prompt_tokens, completion_tokens)"
-                " VALUES (:job_id, :key, :attempt, :via, :started_at, :finished_at, :status_code,"
-                " :error_code, :error_message, :prompt_tokens, :completion_tokens)",
-                ({"job_id": job_id, **_attempt_defaults(a)} for a in attempts),
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                ((job_id, *_attempt_values(a)) for a in attempts),
             )
 
     def count_attempts(self, job_id: str) -> int:
@@ -926,20 +925,24 @@ def _outcome_params(o: RowOutcome, now: float) -> tuple[Any, ...]:
     )
 
 
-def _attempt_defaults(a: dict[str, Any]) -> dict[str, Any]:
-    keys = (
-        "key",
-        "attempt",
-        "via",
-        "started_at",
-        "finished_at",
-        "status_code",
-        "error_code",
-        "error_message",
-        "prompt_tokens",
-        "completion_tokens",
-    )
-    return {k: a.get(k) for k in keys}
+_ATTEMPT_FIELDS = (
+    "key",
+    "attempt",
+    "via",
+    "started_at",
+    "finished_at",
+    "status_code",
+    "error_code",
+    "error_message",
+    "prompt_tokens",
+    "completion_tokens",
+)
+_ROW_STATES = {state.value: state for state in RowState}
+
+
+def _attempt_values(a: dict[str, Any]) -> tuple[Any, ...]:
+    get = a.get
+    return tuple(get(k) for k in _ATTEMPT_FIELDS)
 
 
 def _job(row: sqlite3.Row) -> JobRecord:
@@ -964,7 +967,7 @@ def _row(row: sqlite3.Row) -> RowRecord:
         key=row["key"],
         position=row["position"],
         request_hash=row["request_hash"],
-        state=RowState(row["state"]),
+        state=_ROW_STATES[row["state"]],
         via=row["via"],
         attempts=row["attempts"],
         shard=row["shard"],
