@@ -105,7 +105,8 @@ def test_cli_serves_until_terminated() -> None:
         port = probe.getsockname()[1]
     code = "from rowprompt.sandbox.cli import sandbox_command; sandbox_command()"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "--port", str(port), "--rpm", "5", "--seed", "3"],
+        [sys.executable, "-c", code, "--port", str(port), "--rpm", "5", "--seed", "3",
+         "--quota-exhausted-after", "1", "--token-accounting", "anthropic"],  # fmt: skip
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -126,6 +127,15 @@ def test_cli_serves_until_terminated() -> None:
                 time.sleep(0.1)
         assert response.status_code == 200
         assert response.headers["x-ratelimit-limit-requests"] == "5"
+        # The account's credit ran out after one request.
+        again = httpx2.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": MESSAGES},
+            headers={"authorization": "Bearer sk-test"},
+            timeout=2,
+        )
+        assert again.status_code == 429
+        assert again.json()["error"]["code"] == "insufficient_quota"
     finally:
         proc.terminate()
         proc.wait(timeout=10)

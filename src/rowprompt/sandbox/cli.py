@@ -45,6 +45,11 @@ from .config import FaultConfig, SandboxConfig
               help="Fraction of batches that expire half done.")  # fmt: skip
 @click.option("--output-drop-rate", default=0.0, type=click.FloatRange(0, 1),
               help="Fraction of succeeded lines missing from output files.")  # fmt: skip
+@click.option("--quota-exhausted-after", type=click.IntRange(min=0),
+              help="After N chat requests, 429 insufficient_quota.")  # fmt: skip
+@click.option("--token-accounting", type=click.Choice(["openai", "anthropic"]),
+              default="openai", show_default=True,
+              help="TPM keeps max_tokens (openai) or refunds unused output.")  # fmt: skip
 def sandbox_command(
     host: str,
     port: int,
@@ -71,6 +76,8 @@ def sandbox_command(
     batch_fail_rate: float,
     batch_expire_rate: float,
     output_drop_rate: float,
+    quota_exhausted_after: int | None,
+    token_accounting: str,
 ) -> None:
     """Serve an offline OpenAI-compatible API (chat, files, batches) with limits and faults."""
     from .server import serve
@@ -85,6 +92,7 @@ def sandbox_command(
         batch_fail_rate=batch_fail_rate,
         batch_expire_rate=batch_expire_rate,
         output_drop_rate=output_drop_rate,
+        quota_exhausted_after=quota_exhausted_after,
     )
     fields: dict[str, Any] = {
         "seed": seed,
@@ -101,6 +109,7 @@ def sandbox_command(
         "max_batch_bytes": max_batch_bytes,
         "enqueued_token_limit": batch_token_limit,
         "faults": faults,
+        "token_accounting": token_accounting,
     }
     if models is not None:
         fields["models"] = [m.strip() for m in models.split(",") if m.strip()]
