@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak format clean
+.PHONY: demo test test-integration lint bench soak format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,12 @@ lint: $(STAMP)
 # pytest exits 5 when it collects nothing: that is a failure here, as any non-zero code is.
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Against a real llama.cpp server and model (docs/integration.md). The first run builds them
+# (about 6 minutes) into ~/.cache/rowprompt-integration; later runs reuse them.
+test-integration: $(STAMP)
+	PY=$(PY) scripts/integration_env.sh
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/integration
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

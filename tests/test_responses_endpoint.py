@@ -416,3 +416,19 @@ def test_a_killed_responses_job_resumes_with_every_row_once(
     assert not trial.notes, trial  # killed mid-job, resumed cleanly
     assert trial.phase.startswith(mode), trial
     assert trial.lost == trial.duplicated == trial.wrong == 0
+
+
+def test_a_chat_answer_is_not_taken_from_the_cache_for_the_responses_api(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # Same prompt, model and home: the endpoint still makes it another request.
+    chat = _run(sandbox, tmp_path, mode="realtime", endpoint="chat")
+    got = _run(sandbox, tmp_path, mode="realtime", endpoint="responses")
+    assert list(chat["_via"]) == ["realtime"] * len(FRAME)
+    assert list(got["_via"]) == ["realtime"] * len(FRAME)
+    asked = sandbox.stats()["requests_by_endpoint"]
+    assert asked.get("POST /v1/responses") == len(FRAME)
+    # The same Responses job in another mode takes its own answers from the cache.
+    again = _run(sandbox, tmp_path, mode="batch", endpoint="responses")
+    assert list(again["_via"]) == ["cache"] * len(FRAME)
+    assert list(again["response"]) == list(got["response"])

@@ -15,6 +15,7 @@ from rowprompt.errors import RowpromptError
 
 if TYPE_CHECKING:
     from rowprompt.api import Estimate, Job, JobStatus, estimate, run, submit
+    from rowprompt.embeddings import embed
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "JobStatus",
     "RowpromptError",
     "__version__",
+    "embed",
     "estimate",
     "run",
     "submit",
@@ -33,6 +35,10 @@ _LAZY = {"Estimate", "Job", "JobStatus", "estimate", "run", "submit"}
 
 
 def __getattr__(name: str) -> Any:
+    if name == "embed":
+        from rowprompt.embeddings import embed
+
+        return embed
     if name in _LAZY:
         from rowprompt import api
 

@@ -57,10 +57,12 @@ def summarize(frame: pd.DataFrame, model: str, provider: str) -> Summary:
     """Count an output table's rows and price what batch mode and the cache saved."""
     priced_as = "openai" if provider == "sandbox" else provider
     batch_saved = cache_saved = 0.0
+    # Embeddings tables have no _completion_tokens: their answers have none.
+    completions = frame.get("_completion_tokens", pd.Series(0, index=frame.index))
     for via, prompt, completion, cost in zip(
         frame["_via"],
         frame["_prompt_tokens"],
-        frame["_completion_tokens"],
+        completions,
         frame["_cost_usd"],
         strict=True,
     ):
@@ -78,7 +80,7 @@ def summarize(frame: pd.DataFrame, model: str, provider: str) -> Summary:
     return Summary(
         statuses={str(k): int(v) for k, v in counts.items()},
         prompt_tokens=int(frame["_prompt_tokens"].fillna(0).sum()),
-        completion_tokens=int(frame["_completion_tokens"].fillna(0).sum()),
+        completion_tokens=int(completions.fillna(0).sum()),
         cost_usd=float(frame["_cost_usd"].fillna(0).sum()),
         batch_saved_usd=batch_saved,
         cache_saved_usd=cache_saved,

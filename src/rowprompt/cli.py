@@ -89,7 +89,7 @@ def job_options(func: F) -> F:
         click.option("--model", default="gpt-4o-mini", show_default=True),
         click.option(
             "--provider",
-            type=click.Choice(["openai", "azure", "anthropic", "sandbox"]),
+            type=click.Choice(["openai", "azure", "anthropic", "gemini", "sandbox"]),
             default="openai",
             show_default=True,
             help="sandbox: the offline stand-in, started in this process.",
@@ -98,6 +98,19 @@ def job_options(func: F) -> F:
             "--base-url", help="Any OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1."
         ),
         click.option("--mode", type=click.Choice(list(MODES)), default="auto", show_default=True),
+        click.option(
+            "--image-column",
+            "image_columns",
+            multiple=True,
+            help="Attach this column's image (a path, URL or data URL) to each row's prompt;"
+            " repeatable.",
+        ),
+        click.option(
+            "--endpoint",
+            type=click.Choice(["chat", "responses"]),
+            help="OpenAI API to ask: chat (Chat Completions) or responses (the Responses API);"
+            " default chat, or responses for models only it serves (o3-pro, gpt-5-codex...).",
+        ),
         click.option(
             "--output", type=click.Path(), help="Output table (.csv .tsv .xlsx .jsonl .parquet)."
         ),
@@ -344,6 +357,9 @@ def _print_estimate(e: Estimate) -> None:
     exact = "exact" if e.tokens_exact else "approximate: the model's tokenizer is not known"
     click.echo(f"rows:              {e.rows:,} ({e.rows_cached:,} already answered in the cache)")
     click.echo(f"prompt tokens:     {e.prompt_tokens:,} to send ({exact})")
+    if e.images:
+        urls = f"; {e.images_by_url:,} by URL, counted at their largest" if e.images_by_url else ""
+        click.echo(f"images:            {e.images:,}, {e.image_tokens:,} of those tokens{urls}")
     click.echo(f"completion tokens: {e.completion_tokens:,} ({e.completion_basis})")
     click.echo(f"cost, real time:   {_money(e.cost_realtime)}")
     click.echo(f"cost, batch:       {_money(e.cost_batch)}")
@@ -411,6 +427,15 @@ def _add_report() -> None:
 
 
 _add_report()
+
+
+def _add_embed() -> None:
+    from rowprompt.cli_embed import embed_command  # it builds on this module
+
+    main.add_command(embed_command, name="embed")
+
+
+_add_embed()
 
 if __name__ == "__main__":
     main()

@@ -89,12 +89,13 @@ FALLBACK_PRICES: dict[str, Price] = {
     "gpt-4.1-nano": Price(0.10, 0.40, 0.025, 0.05, 0.20, 0.025, "rowprompt"),
     "text-embedding-3-small": Price(0.02, 0.0, None, 0.01, 0.0, None, "rowprompt"),
     "text-embedding-3-large": Price(0.13, 0.0, None, 0.065, 0.0, None, "rowprompt"),
+    "text-embedding-ada-002": Price(0.10, 0.0, None, 0.05, 0.0, None, "rowprompt"),
 }
 
 _SANDBOX_SUFFIX = re.compile(r"-sandbox$", re.IGNORECASE)
 _DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
 # Providers whose models are priced as another provider's.
-_PROVIDER_ALIASES = {"sandbox": "openai"}
+_PROVIDER_ALIASES = {"sandbox": "openai", "gemini": "google"}  # genai-prices' provider id
 
 # The per-row fast path: (model, provider) as the caller spells them -> resolved price, valid
 # for the ROWPROMPT_PRICES value in _fast_env.

@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from rowprompt import costs, tokens
+from rowprompt import costs
 from rowprompt.config import load_settings
 from rowprompt.engine.batch import BatchEngine
-from rowprompt.engine.context import RunContext
+from rowprompt.engine.context import RunContext, admission_parts
 from rowprompt.engine.pacing import EngineStats
 from rowprompt.engine.planner import (
     Plan,
@@ -51,11 +51,9 @@ def plan_job(runner: Runner, rows_left: int) -> Plan:
     per_row_prompt = per_row_cap = 0.0
     if sample:
         for position in range(sample):
-            body = p.build_body(position)
-            prompt = tokens.count_messages(body["messages"], p.spec.model)
-            cap = body.get("max_completion_tokens") or body.get("max_tokens") or 256
+            prompt, cap = admission_parts(p.build_body(position))
             per_row_prompt += prompt / sample
-            per_row_cap += int(cap) / sample
+            per_row_cap += cap / sample
     provider = "openai" if p.spec.provider == "sandbox" else p.spec.provider
     prompt_total = round(per_row_prompt * rows_left)
     cap_total = round(per_row_cap * rows_left)

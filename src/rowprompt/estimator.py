@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import tiktoken
 
-from rowprompt import costs, tokens
+from rowprompt import costs, tokens, vectors
 from rowprompt.engine.context import DEFAULT_OUTPUT_ESTIMATE
 from rowprompt.jobs import request_hash
 from rowprompt.ledger import Ledger
@@ -37,6 +37,11 @@ class Estimate:
     limits: str
     mode: str
     advice: str
+    images: int = 0
+    """Images attached to the rows to ask (their tokens are in ``prompt_tokens``)."""
+    images_by_url: int = 0
+    """Of those, web URLs: not fetched, so counted at the model's largest image."""
+    image_tokens: int = 0
 
     @property
     def rows_to_ask(self) -> int:
@@ -69,13 +74,20 @@ def estimate_job(
     prompt_total = cached = rows = 0
     cap_total = 0
     capped = True
+    images = images_by_url = image_tokens = 0
     for position in range(len(prepared.table)):
         body = prepared.build_body(position)
         rows += 1
-        if use_cache and ledger.cached(request_hash(body)) is not None:
+        if use_cache and ledger.cached(request_hash(body, prepared.spec.endpoint)) is not None:
             cached += 1
             continue
+        if vectors.is_embeddings_body(body):
+            prompt_total += vectors.input_tokens(body)  # embeddings: no answer tokens
+            continue
         prompt_total += tokens.count_messages(body["messages"], model)
+        found, by_url, counted = tokens.count_images(body["messages"], model)
+        images, images_by_url = images + found, images_by_url + by_url
+        image_tokens += counted
         cap = body.get("max_completion_tokens") or body.get("max_tokens")
         if cap is None:
             capped = False
@@ -113,6 +125,9 @@ def estimate_job(
         limits=limits,
         mode=mode,
         advice=advice,
+        images=images,
+        images_by_url=images_by_url,
+        image_tokens=image_tokens,
     )
 
 

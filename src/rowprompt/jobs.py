@@ -108,8 +108,16 @@ class JobSpec:
 _LATER_FIELDS: dict[str, Any] = {"endpoint": "chat", "image_columns": ()}
 
 
-def request_hash(body: dict[str, Any]) -> str:
-    """The hash of the exact request sent: the cache key."""
+def request_hash(body: dict[str, Any], endpoint: str = "chat") -> str:
+    """The hash of the exact request sent: the cache key.
+
+    Chat and the Responses API take the same body here (the provider translates it on the
+    way out) but are different requests, answered and priced apart: the endpoint is part of
+    the key, except for chat (so caches written before endpoints existed still match) and
+    embeddings (whose bodies differ from chat's anyway).
+    """
+    if endpoint not in ("chat", "embeddings"):
+        body = {"__endpoint": endpoint, **body}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from rowprompt import tables, vectors
 from rowprompt.answers import AnswerSpec
-from rowprompt.errors import UsageError
+from rowprompt.errors import OutputError, UsageError
 from rowprompt.jobs import RowState
 from rowprompt.ledger import Ledger, RowRecord
 
@@ -24,6 +29,9 @@ ANSWER_COLUMNS = ("response", *META_COLUMNS)
 # Cells the model wrote, besides the answer columns: neutralised in CSV and Excel.
 UNTRUSTED_COLUMNS = ("response", "_raw", "_error")
 STATUSES = ("ok", "failed", "parse_error", "refused", "truncated", "skipped", "pending")
+EMPTY_INPUT = "empty_input"
+"""The error code of an embeddings row with no text, skipped with ``--skip-empty``."""
+SKIPPED_CODES = ("cancelled", "over_budget", EMPTY_INPUT)
 
 
 def check_column_clash(columns: list[str], source: str, answer_columns: list[str]) -> None:
@@ -44,7 +52,7 @@ def _row_result(
     if r is None or r.state in (RowState.PENDING, RowState.IN_FLIGHT):
         return "pending", {}, None, None
     if r.state == RowState.FAILED:
-        status = "skipped" if r.error_code in ("cancelled", "over_budget") else "failed"
+        status = "skipped" if r.error_code in SKIPPED_CODES else "failed"
         error = f"{r.error_code}: {r.error_message}" if r.error_message else r.error_code
         return status, {}, error, None
     if r.refusal:
@@ -125,3 +133,93 @@ def _series(values: list[Any], dtype: str, index: pd.Index) -> pd.Series:
     except (TypeError, ValueError, OverflowError):
         # A value outside the declared type (a schema that allows more than it says).
         return pd.Series(values, index=index, dtype="object")
+
+
+# -- embeddings ------------------------------------------------------------------------------
+EMBEDDING_COLUMN = "embedding"
+# An embeddings table has no answer text to parse and no completion: no _raw, no
+# _completion_tokens.
+EMBEDDING_META_COLUMNS = ("_status", "_error", "_prompt_tokens", "_cost_usd", "_via")
+# Formats with no list cells: the vectors go to a .npy file beside the table.
+FLAT_FORMATS = (".csv", ".tsv", ".xlsx")
+
+
+def build_embedding_output(
+    frame: pd.DataFrame, keys: list[str], ledger: Ledger, job_id: str
+) -> pd.DataFrame:
+    """The input frame with ``embedding`` (float32 arrays, None where there is none) and status.
+
+    Rows the job has not finished yet have ``_status`` ``pending``.
+    """
+    records = {r.key: r for r in ledger.iter_rows(job_id)}
+    vectors_out: list[np.ndarray | None] = []
+    statuses: list[str] = []
+    errors: list[str | None] = []
+    found: list[RowRecord | None] = []
+    for key in keys:
+        record = records.get(key)
+        status, _, error, _ = _row_result(record, AnswerSpec(), True)
+        vector = None
+        if status == "ok" and record is not None:
+            try:
+                vector = vectors.decode(record.answer or "")
+            except ValueError:
+                vector = None
+            if vector is None or not len(vector):
+                status, error, vector = "failed", "the answer holds no embedding vector", None
+        vectors_out.append(vector)
+        statuses.append(status)
+        errors.append(error)
+        found.append(record if status != "pending" else None)
+    out = frame.copy()
+    index = out.index
+    out[EMBEDDING_COLUMN] = pd.Series(vectors_out, index=index, dtype="object")
+    out["_status"] = pd.Series(statuses, index=index, dtype="object")
+    out["_error"] = pd.Series(errors, index=index, dtype="object")
+    out["_prompt_tokens"] = pd.Series(
+        [r.prompt_tokens if r else None for r in found], index=index, dtype="Int64"
+    )
+    out["_cost_usd"] = pd.Series(
+        [r.cost_usd if r else None for r in found], index=index, dtype="float64"
+    )
+    # Blank rows skipped before sending have no via ("").
+    vias = [(r.via or None) if r else None for r in found]
+    out["_via"] = pd.Series(vias, index=index, dtype="object")
+    return out
+
+
+def embedding_matrix(column: pd.Series, dims: int | None = None) -> np.ndarray:
+    """The vectors as one float32 matrix, rows × dims, NaN rows where a row has none."""
+    present = [v for v in column if isinstance(v, np.ndarray)]
+    width = len(present[0]) if present else (dims or 0)
+    matrix = np.full((len(column), width), np.nan, dtype=np.float32)
+    for i, vector in enumerate(column):
+        if isinstance(vector, np.ndarray) and len(vector) == width:
+            matrix[i] = vector
+    return matrix
+
+
+def npy_path(output: Path) -> Path:
+    """Where the vectors of a CSV/TSV/Excel output go: ``out.embeddings.npy`` beside it."""
+    return output.with_name(f"{output.stem}.embeddings.npy")
+
+
+def write_embedding_output(frame: pd.DataFrame, output: Path, *, neutralise: bool = True) -> None:
+    """Write an embeddings table; for CSV, TSV and Excel, the vectors to a ``.npy`` beside it.
+
+    Parquet keeps ``embedding`` as a list<float32> column and JSONL as lists of numbers.
+    """
+    untrusted = ["_error"] if neutralise else []
+    if output.suffix.lower() not in FLAT_FORMATS:
+        tables.write_table(frame, output, neutralise_columns=untrusted)
+        return
+    target = npy_path(output)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, embedding_matrix(frame[EMBEDDING_COLUMN]))
+        os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"{target}: cannot write it: {exc.strerror or exc}") from exc
+    tables.write_table(frame.drop(columns=[EMBEDDING_COLUMN]), output, neutralise_columns=untrusted)

@@ -23,15 +23,30 @@ from rowprompt import costs, tables
 from rowprompt.answers import AnswerSpec
 from rowprompt.config import load_settings
 from rowprompt.drive import drive_job, plan_job
+from rowprompt.embedding_jobs import (
+    check_embedding_inputs,
+    embedding_body,
+    embedding_grouping,
+    embedding_params,
+    skipped_outcomes,
+)
 from rowprompt.engine.budget import OVER_BUDGET, Budget
 from rowprompt.engine.context import RunContext
 from rowprompt.engine.planner import parse_deadline
 from rowprompt.engine.repair import repair_rows
 from rowprompt.errors import ConfigError, InputError, OutputError, UsageError
 from rowprompt.estimator import Estimate, estimate_job
+from rowprompt.images import ImageInputs, limits_for
 from rowprompt.jobs import Completion, JobProgress, JobSpec, JobState, request_hash
 from rowprompt.ledger import JobRecord, Ledger
-from rowprompt.output import UNTRUSTED_COLUMNS, build_output, check_column_clash
+from rowprompt.output import (
+    EMBEDDING_COLUMN,
+    UNTRUSTED_COLUMNS,
+    build_embedding_output,
+    build_output,
+    check_column_clash,
+    write_embedding_output,
+)
 from rowprompt.providers import (
     OpenedProvider,
     check_provider_config,
@@ -39,6 +54,7 @@ from rowprompt.providers import (
     resolve_provider,
 )
 from rowprompt.providers.base import Provider
+from rowprompt.providers.openai_responses import endpoint_for
 from rowprompt.templates import PromptTemplate
 
 MODES = ("realtime", "batch", "hybrid", "auto")
@@ -85,6 +101,10 @@ class RunOptions:
     sheet: str | None = None
     endpoint: str | None = None  # None: chat, or what the model needs
     image_columns: list[str] = field(default_factory=list)
+    # Embeddings jobs (`rowprompt embed`): the vector size, blank rows skipped, rows a request.
+    dimensions: int | None = None
+    skip_empty: bool = False
+    inputs_per_request: int | None = None
     home: str | None = None
     force: bool = False
     poll_interval: float | None = None
@@ -106,6 +126,10 @@ class Prepared:
     output: Path | None
     answer: AnswerSpec = field(default_factory=AnswerSpec)
     structured: bool = True
+    skipped: tuple[int, ...] = ()
+    """Embeddings: positions of rows with no text, skipped (``--skip-empty``)."""
+    images: ImageInputs | None = None
+    """The job's image inputs (``--image-column``, ``| image``); None without any."""
 
     @property
     def job_id(self) -> str:
@@ -127,14 +151,24 @@ class Prepared:
 
     def build_body(self, position: int) -> dict[str, Any]:
         """The chat request body for the row at ``position``."""
-        messages = self.template.render(self.row_values(position), key=self.table.keys[position])
+        if self.spec.endpoint == "embeddings":
+            return embedding_body(self.spec, self.embed_text(position))
+        values, key = self.row_values(position), self.table.keys[position]
+        messages = self.template.render(values, key=key)
+        if self.images is not None:
+            messages = self.images.attach(messages, values, key)
         instruction = self.answer.instruction()
         if instruction and (not self.structured or self.answer.kind == "json"):
             messages = with_instruction(messages, instruction)
         return request_body(self.spec, messages)
 
+    def embed_text(self, position: int) -> str:
+        """The text the row at ``position`` embeds (an embeddings job's rendered template)."""
+        messages = self.template.render(self.row_values(position), key=self.table.keys[position])
+        return str(messages[-1]["content"])
 
-def request_body(spec: JobSpec, messages: list[dict[str, str]]) -> dict[str, Any]:
+
+def request_body(spec: JobSpec, messages: list[dict[str, Any]]) -> dict[str, Any]:
     """A chat-completions body for these messages under the job's parameters."""
     body: dict[str, Any] = {"model": spec.model, "messages": messages}
     body.update(spec.params)
@@ -147,10 +181,11 @@ def supports_structured_output(provider: str, base_url: str | None) -> bool:
     OpenAI's own API and the sandbox have it; OpenAI-compatible servers vary (llama.cpp
     answers a ``json_schema`` with a 500), so there we instruct and parse.
     """
-    return provider in ("sandbox", "anthropic", "azure") or (provider == "openai" and not base_url)
+    structured = ("sandbox", "anthropic", "azure", "gemini")
+    return provider in structured or (provider == "openai" and not base_url)
 
 
-def with_instruction(messages: list[dict[str, str]], instruction: str) -> list[dict[str, str]]:
+def with_instruction(messages: list[dict[str, Any]], instruction: str) -> list[dict[str, Any]]:
     """The messages with the answer-format instruction added to the system prompt."""
     if messages and messages[0].get("role") == "system":
         first = dict(messages[0])
@@ -183,6 +218,11 @@ def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) 
     if options.mode not in MODES:
         raise UsageError(f"unknown mode {options.mode!r}", hint=f"use one of: {', '.join(MODES)}")
     options.provider, options.model = resolve_provider(options.provider, options.model)
+    if options.provider == "openai" and not options.base_url:
+        # A server named by OPENAI_BASE_URL is a compatible server as much as one named by
+        # --base-url: it decides max_tokens vs max_completion_tokens, structured output, the
+        # job's identity and where a resume goes.
+        options.base_url = os.environ.get("OPENAI_BASE_URL") or None
     answer = (
         AnswerSpec.from_json(options.output_type)
         if options.output_type.startswith("{")
@@ -213,7 +253,9 @@ def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) 
     )
     columns = [str(c) for c in table.frame.columns]
     template.check_columns(columns, source=table.source)
-    check_column_clash(columns, table.source, answer.columns())
+    images = _image_inputs(source, options, template, columns)
+    embedding = options.endpoint == "embeddings"
+    check_column_clash(columns, table.source, [EMBEDDING_COLUMN] if embedding else answer.columns())
     check_provider_config(options.provider, options.base_url, options.model)
     output = _output_path(source, options)
     if options.detach and options.provider == "sandbox" and not options.base_url:
@@ -228,16 +270,57 @@ def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) 
         model=options.model,
         provider=options.provider,
         base_url=options.base_url,
-        params=_params(options, answer, structured),
+        params=embedding_params(options) if embedding else _params(options, answer, structured),
         answer_spec=answer.to_json(),
         mode=options.mode,
         id_column=options.id_column,
         sheet=options.sheet,
         limit=options.limit,
-        endpoint=options.endpoint or "chat",
+        endpoint=endpoint_for(
+            options.endpoint, options.model, options.provider, options.max_tokens
+        ),
         image_columns=tuple(options.image_columns),
     )
-    return Prepared(table, template, spec, options, output, answer, structured)
+    prepared = Prepared(table, template, spec, options, output, answer, structured, images=images)
+    if images is not None:
+        _check_images(prepared, images)
+    if embedding:
+        prepared.skipped = check_embedding_inputs(prepared)
+    return prepared
+
+
+def _image_inputs(
+    source: Any, options: RunOptions, template: PromptTemplate, columns: list[str]
+) -> ImageInputs | None:
+    """The job's image inputs, their columns checked; None when it has none."""
+    wanted = options.image_columns
+    options.image_columns = [wanted] if isinstance(wanted, str) else list(wanted or [])
+    for name in options.image_columns:
+        if name not in columns:
+            raise InputError(
+                f"--image-column {name!r}: the table has no such column",
+                hint=f"The columns are: {', '.join(map(repr, columns[:30]))}.",
+            )
+    if not options.image_columns and not template.uses_images:
+        return None
+    # Relative paths start at the input file's folder (a DataFrame's: the current one).
+    base = Path.cwd() if isinstance(source, pd.DataFrame) else Path(source).resolve().parent
+    return ImageInputs(tuple(options.image_columns), base, limits_for(options.provider))
+
+
+def _check_images(p: Prepared, images: ImageInputs) -> None:
+    """Every row's images checked (a stat and a header read each) before anything is sent."""
+    names, values = p._columns
+    static, dynamic = p.template.image_filter_columns()
+    wanted = [*images.columns, *([] if dynamic else static)]
+    columns = [(name, values[names.index(name)]) for name in wanted]
+    render = None
+    if dynamic:
+
+        def render(position: int) -> list[dict[str, Any]]:
+            return p.template.render(p.row_values(position), key=p.table.keys[position])
+
+    images.check_table(p.table.keys, columns, render)
 
 
 def _output_path(source: Any, options: RunOptions) -> Path | None:
@@ -247,7 +330,8 @@ def _output_path(source: Any, options: RunOptions) -> Path | None:
     if isinstance(source, pd.DataFrame):
         return None
     path = Path(source)
-    return path.with_name(f"{path.stem}.answers{path.suffix.lower()}")
+    infix = "embedded" if options.endpoint == "embeddings" else "answers"
+    return path.with_name(f"{path.stem}.{infix}{path.suffix.lower()}")
 
 
 def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -297,7 +381,7 @@ class Runner:
         self._check_output_clobber(job)
         if job is None:
             rows = (
-                (key, position, request_hash(p.build_body(position)))
+                (key, position, request_hash(p.build_body(position), p.spec.endpoint))
                 for position, key in enumerate(p.table.keys)
             )
             job = self.ledger.create_job(
@@ -313,6 +397,8 @@ class Runner:
         if source:
             updates["input_path"] = str(Path(source).resolve())
         self.ledger.update_job(job.id, **updates)
+        if p.skipped:
+            self.ledger.record_outcomes(job.id, skipped_outcomes(p))
         return self.ledger.get_job(job.id)
 
     def _check_output_clobber(self, job: JobRecord | None) -> None:
@@ -367,6 +453,8 @@ class Runner:
             worst_cost=lambda prompt, output, batch: costs.cost_usd(
                 model, prompt, output, batch=batch, provider=provider
             ),
+            grouping=embedding_grouping(p),
+            endpoint=p.spec.endpoint,
         )
 
     # -- running ----------------------------------------------------------------------------
@@ -428,6 +516,8 @@ class Runner:
     def output_frame(self) -> tuple[pd.DataFrame, list[str]]:
         """The output table as it stands, and the names of its answer columns."""
         p = self.prepared
+        if p.spec.endpoint == "embeddings":
+            return build_embedding_output(p.table.frame, p.table.keys, self.ledger, p.job_id), []
         return build_output(
             p.table.frame, p.table.keys, self.ledger, p.job_id, p.answer, p.structured
         )
@@ -437,6 +527,9 @@ class Runner:
         p = self.prepared
         frame, answer_columns = self.output_frame()
         if write and self.options.write_output and p.output is not None:
+            if p.spec.endpoint == "embeddings":
+                write_embedding_output(frame, p.output, neutralise=not self.options.raw_cells)
+                return frame
             untrusted = () if self.options.raw_cells else [*answer_columns, *UNTRUSTED_COLUMNS]
             tables.write_table(frame, p.output, neutralise_columns=untrusted)
         return frame
@@ -473,6 +566,9 @@ def options_for_job(job: JobRecord, base: RunOptions | None = None) -> RunOption
     options.mode = spec.mode
     options.endpoint = spec.endpoint
     options.image_columns = list(spec.image_columns)
+    if spec.endpoint == "embeddings":
+        options.dimensions = spec.params.get("dimensions")
+        options.skip_empty = True  # the job exists: its blank rows (if any) were skipped
     return options
 
 

@@ -12,6 +12,11 @@ values; on output lists and dicts print as JSON and dates in ISO form.
 Templates run in Jinja's sandbox with ``StrictUndefined``: a name the row lacks is an error,
 found statically by :meth:`PromptTemplate.check_columns` before anything is sent, and at
 render time (for names built dynamically) as a :class:`TemplateError` naming the row.
+
+``{{ photo | image }}`` (or ``image(detail="low")``) places the image a cell names at that
+point of the prompt: the user message becomes a list of text and ``image_url`` parts, the
+image parts holding the cell as it is (:class:`rowprompt.images.ImageInputs` makes it a URL).
+An empty cell places nothing. Images go in the prompt only, never in the system message.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,6 +40,8 @@ from rowprompt.errors import TemplateError, UsageError
 from rowprompt.tables import closest, display_text, is_missing, to_python
 
 ROW_VARIABLE = "row"
+IMAGE_FILTER = "image"
+IMAGE_DETAILS = ("auto", "low", "high")
 _UNDEFINED_NAME = re.compile(r"^'([^']*)' is undefined|has no attribute '(.*)'$")
 
 
@@ -52,7 +61,35 @@ def _environment() -> SandboxedEnvironment:
     )
 
 
+@dataclass
+class _ImageSink:
+    """The images one render of the prompt placed, and the nonce of their markers."""
+
+    nonce: str
+    refs: list[tuple[Any, str]] = field(default_factory=list)
+
+
+# Set while the user prompt renders: the filter records its images here and prints a marker
+# (a per-render nonce: a cell's text cannot forge one) that the render then splits on.
+_IMAGE_SINK: ContextVar[_ImageSink | None] = ContextVar("rowprompt_image_sink", default=None)
+
+
+def _image_filter(value: Any, detail: str = "auto") -> str:
+    sink = _IMAGE_SINK.get()
+    if sink is None:
+        raise TemplateError("the image filter works in the prompt only, not the system message")
+    if detail not in IMAGE_DETAILS:
+        raise TemplateError(
+            f"image(detail={detail!r}): detail is one of {', '.join(IMAGE_DETAILS)}"
+        )
+    if isinstance(value, str) and not value.strip():
+        return ""  # an empty cell: no image for this row
+    sink.refs.append((value, detail))
+    return f"\x00{sink.nonce}{len(sink.refs) - 1}\x00"
+
+
 _ENV = _environment()
+_ENV.filters[IMAGE_FILTER] = _image_filter
 _GLOBALS = frozenset(_ENV.globals)
 # row.items, row.get ... are the mapping's methods, not columns.
 _MAPPING_ATTRIBUTES = frozenset(dir(dict))
@@ -89,6 +126,7 @@ class PromptTemplate:
                 f"{self.prompt_origin}: the prompt is empty", hint="Write the prompt to send."
             )
         _ = self._compiled  # refuse a syntax error now, before anything is read or sent
+        _ = self._image_uses
 
     @classmethod
     def from_options(
@@ -154,6 +192,43 @@ class PromptTemplate:
             plans.append((role, parts))
         return plans
 
+    @cached_property
+    def _image_uses(self) -> tuple[list[str], bool]:
+        """Columns the prompt shows with ``| image`` directly; whether any image is dynamic.
+
+        Refuses the filter in the system message and a ``detail`` that is not known.
+        """
+        columns: list[str] = []
+        dynamic = False
+        for role, origin, ast, _ in self._compiled:
+            for node in ast.find_all((nodes.Filter, nodes.FilterBlock)):
+                found = node.filter if isinstance(node, nodes.FilterBlock) else node
+                if not isinstance(found, nodes.Filter) or found.name != IMAGE_FILTER:
+                    continue
+                if role == "system":
+                    raise TemplateError(
+                        f"{origin}: images go in the prompt, not in the system message",
+                        hint="Move {{ ... | image }} to the prompt.",
+                    )
+                _check_detail(found, origin)
+                column = _column_reference(found.node, _referenced_columns(ast))
+                if column is None:
+                    dynamic = True
+                elif column not in columns:
+                    columns.append(column)
+        return columns, dynamic
+
+    @property
+    def uses_images(self) -> bool:
+        """Whether the prompt places images with the ``image`` filter."""
+        columns, dynamic = self._image_uses
+        return bool(columns) or dynamic
+
+    def image_filter_columns(self) -> tuple[list[str], bool]:
+        """Columns shown as ``{{ col | image }}``, and whether other image expressions exist."""
+        columns, dynamic = self._image_uses
+        return list(columns), dynamic
+
     def variables(self) -> set[str]:
         """The column names the templates refer to, found statically."""
         found: set[str] = set()
@@ -172,8 +247,11 @@ class PromptTemplate:
                     hint=_missing_hint(name, existing),
                 )
 
-    def render(self, row: Mapping[str, Any], *, key: str | None = None) -> list[dict[str, str]]:
-        """The chat messages for one row: an optional system message, then the user's."""
+    def render(self, row: Mapping[str, Any], *, key: str | None = None) -> list[dict[str, Any]]:
+        """The chat messages for one row: an optional system message, then the user's.
+
+        A user message that places images has a list of content parts (see the module doc).
+        """
         fast = self._fast
         if fast is not None:
             try:
@@ -197,15 +275,20 @@ class PromptTemplate:
 
     def _render_jinja(
         self, row: Mapping[str, Any], *, key: str | None = None
-    ) -> list[dict[str, str]]:
+    ) -> list[dict[str, Any]]:
         """:meth:`render` through the compiled Jinja templates."""
         values = {str(k): template_value(v) for k, v in row.items()}
         context = {k: v for k, v in values.items() if k.isidentifier()}
         context[ROW_VARIABLE] = values
-        messages = []
+        messages: list[dict[str, Any]] = []
         for role, origin, _, template in self._compiled:
+            sink = _ImageSink(secrets.token_hex(8)) if role == "user" and self.uses_images else None
+            token = _IMAGE_SINK.set(sink)
             try:
-                content = template.render(context)
+                content: str | list[dict[str, Any]] = template.render(context)
+            except TemplateError as exc:  # the image filter's: name the row
+                where = f"row {key}" if key is not None else "a row"
+                raise TemplateError(f"{origin}: {where}: {exc.message}", hint=exc.hint) from exc
             except jinja2.UndefinedError as exc:
                 match = _UNDEFINED_NAME.search(str(exc))
                 name = next((g for g in match.groups() if g is not None), "") if match else ""
@@ -220,6 +303,10 @@ class PromptTemplate:
                     f"{origin}: rendering failed on {where}: {type(exc).__name__}: {exc}",
                     hint="Fix the template expression.",
                 ) from exc
+            finally:
+                _IMAGE_SINK.reset(token)
+            if sink is not None and sink.refs:
+                content = _content_parts(str(content), sink)
             messages.append({"role": role, "content": content})
         return messages
 
@@ -266,6 +353,44 @@ def _fast_parts(ast: nodes.Template) -> list[str | tuple[str]] | None:
                 parts.append((node.arg.value,))
             else:
                 return None
+    return parts
+
+
+def _column_reference(node: nodes.Node | None, columns: set[str]) -> str | None:
+    """The column a filter's argument names directly (``photo``, ``row["a b"]``), or None."""
+    if isinstance(node, nodes.Name) and node.name != ROW_VARIABLE and node.name in columns:
+        return node.name
+    if (
+        isinstance(node, nodes.Getitem)
+        and _is_row(node)
+        and isinstance(node.arg, nodes.Const)
+        and type(node.arg.value) is str
+    ):
+        return node.arg.value
+    return None
+
+
+def _check_detail(node: nodes.Filter, origin: str) -> None:
+    """Refuse ``image(detail=...)`` with a constant detail that is not known, before sending."""
+    given = [*node.args[:1], *(kw.value for kw in node.kwargs if kw.key == "detail")]
+    for value in given:
+        if isinstance(value, nodes.Const) and value.value not in IMAGE_DETAILS:
+            raise TemplateError(
+                f"{origin}: image(detail={value.value!r}): detail is one of"
+                f" {', '.join(IMAGE_DETAILS)}"
+            )
+
+
+def _content_parts(text: str, sink: _ImageSink) -> list[dict[str, Any]]:
+    """Rendered text with image markers as text and ``image_url`` content parts."""
+    pieces = re.split(f"\x00{sink.nonce}(\\d+)\x00", text)
+    parts: list[dict[str, Any]] = []
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            ref, detail = sink.refs[int(piece)]
+            parts.append({"type": "image_url", "image_url": {"url": ref, "detail": detail}})
+        elif piece:
+            parts.append({"type": "text", "text": piece})
     return parts
 
 

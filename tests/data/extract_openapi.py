@@ -21,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 ROOTS = (
     "CreateChatCompletionResponse", "Batch", "OpenAIFile", "ListBatchesResponse",
     "ListFilesResponse", "DeleteFileResponse", "ErrorResponse", "ListModelsResponse", "Model",
+    "Response", "CreateResponse", "CreateEmbeddingResponse",
 )  # fmt: skip
 MANUAL_ROOTS = ("BatchRequestOutput",)
 

@@ -1,8 +1,9 @@
 """The core workflow over every provider face of the sandbox: the same assertions for each.
 
 ``rowprompt.run`` goes through the OpenAI face (``--provider sandbox``), the Anthropic face
-(``--provider anthropic`` on the ``anthropic`` SDK) and the Azure face (``--provider azure``
-on ``AsyncAzureOpenAI``), in real time and through each Batch API.
+(``--provider anthropic`` on the ``anthropic`` SDK), the Azure face (``--provider azure``
+on ``AsyncAzureOpenAI``) and the Gemini face (``--provider gemini`` on ``google-genai``), in
+real time and through each Batch API.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ FACES: dict[str, dict[str, Any]] = {
     "openai": {"provider": "sandbox", "model": "gpt-4o-mini", "path": "/v1"},
     "anthropic": {"provider": "anthropic", "model": "claude-haiku-4-5", "path": ""},
     "azure": {"provider": "azure", "model": "gpt-4o-mini", "path": ""},
+    "gemini": {"provider": "gemini", "model": "gemini-2.5-flash-lite", "path": ""},
 }
 COLUMNS = ["review", "response", "_status", "_error", "_raw", "_prompt_tokens",
            "_completion_tokens", "_cost_usd", "_via"]  # fmt: skip
@@ -30,6 +32,7 @@ def _keys(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
     # The sandbox takes any key; the SDKs want one. The home keeps the Anthropic journal.
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sandbox")
     monkeypatch.setenv("AZURE_OPENAI_API_KEY", "sandbox")
+    monkeypatch.setenv("GEMINI_API_KEY", "sandbox")
     monkeypatch.setenv("ROWPROMPT_HOME", str(home))
 
 

@@ -1,8 +1,9 @@
 """Resume after a kill and the budget, over every provider face of the sandbox.
 
 The same assertions for the OpenAI face (``--provider sandbox``), the Anthropic face
-(``--provider anthropic`` on the ``anthropic`` SDK, batches through Message Batches) and the
-Azure face (``--provider azure`` on ``AsyncAzureOpenAI``), in real time and in batch.
+(``--provider anthropic`` on the ``anthropic`` SDK, batches through Message Batches), the
+Azure face (``--provider azure`` on ``AsyncAzureOpenAI``) and the Gemini face (``--provider
+gemini`` on ``google-genai``, batches through Gemini batch mode), in real time and in batch.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ FACES = {
     "openai": ("sandbox", "gpt-4o-mini", "/v1"),
     "anthropic": ("anthropic", "claude-haiku-4-5", ""),
     "azure": ("azure", "gpt-4o-mini", ""),
+    "gemini": ("gemini", "gemini-2.5-flash-lite", ""),
 }
 PROMPT = "Say something about {{ text }}"
-KEYS = {"ANTHROPIC_API_KEY": "sandbox", "AZURE_OPENAI_API_KEY": "sandbox"}
+KEYS = {"ANTHROPIC_API_KEY": "sandbox", "AZURE_OPENAI_API_KEY": "sandbox",
+        "GEMINI_API_KEY": "sandbox"}  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

@@ -174,7 +174,9 @@ def test_model_names_may_carry_the_provider() -> None:
         ("anthropic", "gpt-4o-mini", {"ANTHROPIC_API_KEY": "k"}, "not an Anthropic model"),
         ("azure", "dep", {}, "AZURE_OPENAI_ENDPOINT is not set"),
         ("azure", "dep", {"AZURE_OPENAI_ENDPOINT": "https://x"}, "AZURE_OPENAI_API_KEY is not"),
-        ("gemini", "x", {}, "unknown provider 'gemini'"),
+        ("gemini", "gemini-2.5-flash", {}, "GEMINI_API_KEY is not set"),
+        ("gemini", "gpt-4o-mini", {"GEMINI_API_KEY": "k"}, "not a Gemini model"),
+        ("vertex", "x", {}, "unknown provider 'vertex'"),
     ],
 )
 def test_wrong_config_is_one_line_naming_what_to_set(

@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,7 +233,13 @@ def paid_per_row(sb: Sandbox, n: int) -> tuple[Counter[int], Counter[int]]:
 
 
 def job_args(
-    src: Path, home: Path, out: Path, base_url: str, mode: str, concurrency: int = 4
+    src: Path,
+    home: Path,
+    out: Path,
+    base_url: str,
+    mode: str,
+    concurrency: int = 4,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """A ``rowprompt run`` command line against a sandbox."""
     return [
@@ -260,6 +266,7 @@ def job_args(
         str(concurrency),
         "--preview",
         "8",
+        *extra,
     ]
 
 
@@ -282,10 +289,12 @@ def crash_trial(
     n: int = 40,
     kill: str | None = None,
     resume_with: str | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Trial:
     """Run a job, SIGKILL it at a seeded moment (or at ``kill``), resume it, check everything.
 
-    ``kill``: ``"t=SECONDS"``, ``"hook:EVENT:ENDPOINT"`` (the sandbox kills the client
+    ``extra_args`` go on the command line (``--endpoint responses``, say). ``kill``:
+    ``"t=SECONDS"``, ``"hook:EVENT:ENDPOINT"`` (the sandbox kills the client
     there), ``"crash:POINT"`` (rowprompt kills itself there), or None for a seeded choice.
     """
     rng = random.Random(seed)
@@ -315,7 +324,7 @@ def crash_trial(
         batch_finalizing_seconds=0.3,
     )
     with Sandbox(config) as sb:
-        args = job_args(src, home, out, sb.base_url, mode, concurrency)
+        args = job_args(src, home, out, sb.base_url, mode, concurrency, extra_args)
         env = clean_env()
         if kill.startswith("crash:"):
             env["ROWPROMPT_TEST_CRASH_AT"] = kill.split(":", 1)[1]
@@ -325,7 +334,8 @@ def crash_trial(
         killed = threading.Event()
         if kill.startswith("hook:"):
             _, event, endpoint = kill.split(":", 2)
-            nth = 1 + rng.randrange(3) if endpoint.startswith("POST /v1/chat") else 1
+            answers = ("POST /v1/chat/completions", "POST /v1/responses")
+            nth = 1 + rng.randrange(3) if endpoint in answers else 1
             seen = [0]
 
             def hook(ev: str, ep: str) -> None:

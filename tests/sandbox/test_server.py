@@ -104,9 +104,9 @@ def test_cli_serves_until_terminated() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     code = "from rowprompt.sandbox.cli import sandbox_command; sandbox_command()"
+    options = ["--port", str(port), "--rpm", "5", "--seed", "3", "--quota-exhausted-after", "1"]
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "--port", str(port), "--rpm", "5", "--seed", "3",
-         "--quota-exhausted-after", "1", "--token-accounting", "anthropic"],  # fmt: skip
+        [sys.executable, "-c", code, *options, "--token-accounting", "anthropic"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

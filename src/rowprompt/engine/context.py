@@ -6,9 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rowprompt import tokens
+from rowprompt import tokens, vectors
 from rowprompt.engine.budget import Budget
 from rowprompt.jobs import Completion, JobProgress
+
+
+@dataclass(frozen=True)
+class GroupLimits:
+    """How many rows one real-time request may carry (endpoints whose ``input`` is a list)."""
+
+    max_inputs: int
+    max_tokens: int
 
 
 @dataclass
@@ -32,6 +40,10 @@ class RunContext:
     budget: Budget | None = None
     # Worst-case USD of a request (prompt tokens, output tokens, batch?), for the budget.
     worst_cost: Callable[[int, int, bool], float | None] | None = None
+    # Set for embeddings: real time sends several rows per request (see engine/groups.py).
+    grouping: GroupLimits | None = None
+    endpoint: str = "chat"
+    """The API the requests go to; part of each request's cache key (see ``request_hash``)."""
 
     def reserve_budget(self, key: str, prompt_tokens: int, output_tokens: int, batch: bool) -> bool:
         """Reserve a row's worst-case cost under ``--budget``; False when it would pass it.
@@ -72,6 +84,8 @@ def admission_parts(body: dict[str, Any]) -> tuple[int, int]:
     answer: the provider's own estimate is not published, and a refunding provider gives the
     difference back anyway.
     """
+    if vectors.is_embeddings_body(body):
+        return vectors.input_tokens(body), 0  # embeddings count their inputs, no output
     model = str(body.get("model") or "")
     prompt = tokens.count_messages(body.get("messages") or [], model)
     cap = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_OUTPUT_ESTIMATE

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from rowprompt.engine.budget import OVER_BUDGET
@@ -202,7 +202,7 @@ class RealtimeEngine:
         todo = self.ledger.count_rows(job_id, RowState.PENDING)
         self._rows_todo = todo if max_rows is None else min(todo, max_rows)
         ticker = asyncio.create_task(self._tick())
-        buffer: list[tuple[str, int, int]] = []
+        buffer: list[Any] = []  # claimed rows, or groups of them (embeddings)
         claimed = 0
         try:
             while not self._stopping:
@@ -213,16 +213,20 @@ class RealtimeEngine:
                     break
                 if not buffer:
                     want = min(CLAIM_CHUNK, max(1, self.window.size))
+                    if self.ctx.grouping is not None:
+                        want = self.ctx.grouping.max_inputs  # one request's worth of rows
                     if max_rows is not None:
                         want = min(want, max_rows - claimed)
                     if want <= 0:
                         break
-                    buffer = self.ledger.claim_pending(job_id, VIA_REALTIME, want)[::-1]
-                    if not buffer:
+                    rows = self.ledger.claim_pending(job_id, VIA_REALTIME, want)
+                    if not rows:
                         break
-                    claimed += len(buffer)
-                key, position, attempt = buffer.pop()
-                task = asyncio.create_task(self._row(key, position, attempt))
+                    claimed += len(rows)
+                    buffer = (self._groups(rows) if self.ctx.grouping else rows)[::-1]
+                    if not buffer:
+                        continue  # every row was answered from the cache
+                task = asyncio.create_task(self._start(buffer.pop()))
                 self._tasks.add(task)
                 task.add_done_callback(self._task_done)
             await self._drain()
@@ -277,7 +281,20 @@ class RealtimeEngine:
         if self.ctx.on_progress is not None:
             self.ctx.on_progress(self.ledger.progress(self.ctx.job_id))
 
-    # -- one row ----------------------------------------------------------------------------
+    # -- one row (or one group of rows) ----------------------------------------------------
+    def _groups(self, rows: list[tuple[str, int, int]]) -> list[Any]:
+        from rowprompt.engine.groups import form_groups  # groups builds on this module
+
+        return form_groups(self, rows)
+
+    def _start(self, item: Any) -> Coroutine[Any, Any, None]:
+        if self.ctx.grouping is not None:
+            from rowprompt.engine.groups import drive_group
+
+            return drive_group(self, item)
+        key, position, attempt = item
+        return self._row(key, position, attempt)
+
     async def _row(self, key: str, position: int, attempt: int) -> None:
         try:
             with contextlib.suppress(_Stop):
@@ -289,7 +306,7 @@ class RealtimeEngine:
     async def _drive_row(self, key: str, position: int, attempt: int) -> None:
         ctx = self.ctx
         body = ctx.build_body(position)
-        rhash = request_hash(body)
+        rhash = request_hash(body, ctx.endpoint)
         if ctx.use_cache:
             cached = self.ledger.cached(rhash)
             if cached is not None:

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 import tiktoken
 
-from rowprompt import tokens
+from rowprompt import tokens, vectors
 from rowprompt.engine.budget import OVER_BUDGET
 from rowprompt.engine.context import RunContext
 from rowprompt.jobs import VIA_BATCH, VIA_CACHE, RowOutcome, RowState
@@ -35,6 +35,10 @@ from rowprompt.providers.base import Provider
 # Rows rendered per ledger read: large enough to amortise the query and the batched token
 # count, small enough that the rows rendered past a shard's end cost little.
 CHUNK_ROWS = 2000
+# Rendered requests held at once: a chunk of text prompts fits in one window, while requests
+# that carry images (base64, megabytes each) are rendered a window at a time, so a chunk never
+# holds thousands of encoded images in memory.
+RENDER_WINDOW_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ def output_allowance(body: Mapping[str, Any]) -> int:
 
 def enqueued_tokens(body: Mapping[str, Any]) -> int:
     """One request's estimated enqueued tokens (see the module docstring)."""
+    if vectors.is_embeddings_body(body):
+        return vectors.input_tokens(body)
     model = str(body.get("model") or "")
     return tokens.count_messages(body.get("messages") or [], model) + output_allowance(body)
 
@@ -76,6 +82,9 @@ def enqueued_tokens_many(bodies: Sequence[Mapping[str, Any]]) -> list[int]:
         return []
     model = str(bodies[0].get("model") or "")
     enc = tokens.encoding(tokens.encoding_name_for_model(model))
+    if all(isinstance(body.get("input"), str) for body in bodies):
+        # Embeddings, one input a line: the input's tokens are the whole estimate.
+        return _token_counts(enc, [body["input"] for body in bodies])
     texts: list[str] = []
     plain: list[bool] = []
     role_cost: dict[str, int] = {}
@@ -200,22 +209,40 @@ class ShardPlanner:
 
     def _render(
         self, chunk: list[tuple[str, int, str]], caps: ShardCaps
-    ) -> list[tuple[str, bytes, int]]:
-        """(key, batch line, enqueued tokens) of each row; cache hits and impossible rows end."""
-        job_id = self.ctx.job_id
+    ) -> Iterator[tuple[str, bytes, int]]:
+        """(key, batch line, enqueued tokens) of each row, rendered a window at a time (see
+        ``RENDER_WINDOW_BYTES``); cache hits and impossible rows end."""
         hits = self.ledger.cached_many([h for _, _, h in chunk]) if self.ctx.use_cache else {}
-        ended: list[RowOutcome] = []
-        todo: list[tuple[str, int, dict[str, Any]]] = []
+        cached: list[RowOutcome] = []
+        todo: list[tuple[str, int]] = []
         for key, position, rhash in chunk:
             hit = hits.get(rhash)
             if hit is not None:
-                ended.append(RowOutcome(key, RowState.DONE, VIA_CACHE, hit, cost_usd=0.0))
+                cached.append(RowOutcome(key, RowState.DONE, VIA_CACHE, hit, cost_usd=0.0))
             else:
-                todo.append((key, position, self.ctx.build_body(position)))
-        estimates = enqueued_tokens_many([body for _, _, body in todo])
-        lines: list[tuple[str, bytes, int]] = []
-        for (key, position, body), estimate in zip(todo, estimates, strict=True):
+                todo.append((key, position))
+        if cached:
+            self.ledger.record_outcomes(self.ctx.job_id, cached)
+        window: list[tuple[str, dict[str, Any], bytes]] = []
+        held = 0
+        for index, (key, position) in enumerate(todo):
+            body = self.ctx.build_body(position)
             line = self.provider.batch_line(self.ctx.custom_id(position), body)
+            window.append((key, body, line))
+            held += len(line)
+            if held >= RENDER_WINDOW_BYTES or index == len(todo) - 1:
+                yield from self._settle(window, caps)
+                window, held = [], 0
+
+    def _settle(
+        self, window: list[tuple[str, dict[str, Any], bytes]], caps: ShardCaps
+    ) -> list[tuple[str, bytes, int]]:
+        """The window's lines with their estimates; rows no batch can carry (or the budget
+        refuses) end here."""
+        estimates = enqueued_tokens_many([body for _, body, _ in window])
+        ended: list[RowOutcome] = []
+        lines: list[tuple[str, bytes, int]] = []
+        for (key, body, line), estimate in zip(window, estimates, strict=True):
             too_big = _too_big(len(line), estimate, caps)
             if too_big:
                 ended.append(
@@ -237,8 +264,8 @@ class ShardPlanner:
                 continue
             lines.append((key, line, estimate))
         if ended:
-            # Rows taken from the cache, or that no batch can carry, end here for good.
-            self.ledger.record_outcomes(job_id, ended)
+            # Rows that no batch can carry end here for good.
+            self.ledger.record_outcomes(self.ctx.job_id, ended)
         return lines
 
 

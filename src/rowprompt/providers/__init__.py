@@ -5,6 +5,8 @@
   ``AZURE_OPENAI_API_KEY``, ``OPENAI_API_VERSION``.
 - ``anthropic``: ``AsyncAnthropic``; ``ANTHROPIC_API_KEY``, ``ANTHROPIC_BASE_URL`` or
   ``--base-url``.
+- ``gemini``: ``google-genai``; ``GEMINI_API_KEY`` (or ``GOOGLE_API_KEY``),
+  ``GOOGLE_GEMINI_BASE_URL`` or ``--base-url``.
 - ``sandbox``: ``AsyncOpenAI`` on an in-process sandbox, or on ``--base-url`` of a running one.
 
 Only modules of this package import an SDK.
@@ -20,9 +22,9 @@ from pathlib import Path
 from rowprompt.errors import ConfigError, UsageError
 from rowprompt.providers.base import Provider
 
-PROVIDERS = ("openai", "sandbox", "azure", "anthropic")
+PROVIDERS = ("openai", "sandbox", "azure", "anthropic", "gemini")
 # Providers a model name may name as its prefix (``anthropic:claude-haiku-4-5``).
-MODEL_PREFIXES = ("openai", "azure", "anthropic")
+MODEL_PREFIXES = ("openai", "azure", "anthropic", "gemini")
 DEFAULT_PROVIDER = "openai"
 _OPENAI_MODEL_PREFIXES = ("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-")
 
@@ -90,6 +92,18 @@ def check_provider_config(name: str, base_url: str | None, model: str | None = N
                 f"{model!r} is not an Anthropic model",
                 hint="pass --model with a Claude model, e.g. --model anthropic:claude-haiku-4-5",
             )
+    if name == "gemini":
+        keyed = env("GEMINI_API_KEY") or env("GOOGLE_API_KEY")
+        if not (base_url or env("GOOGLE_GEMINI_BASE_URL") or keyed):
+            raise ConfigError(
+                "GEMINI_API_KEY is not set",
+                hint="export GEMINI_API_KEY=... (aistudio.google.com, Get API key)",
+            )
+        if model and model.startswith((*_OPENAI_MODEL_PREFIXES, "claude")):
+            raise ConfigError(
+                f"{model!r} is not a Gemini model",
+                hint="pass --model with a Gemini model, e.g. --model gemini:gemini-2.5-flash",
+            )
     if name == "azure":
         if not (base_url or env("AZURE_OPENAI_ENDPOINT")):
             raise ConfigError(
@@ -132,6 +146,19 @@ def open_provider(
                 hint="use an OpenAI model (--provider openai) for it",
             )
         return _open_anthropic(base_url, request_timeout, home)
+    if name == "gemini":
+        if endpoint != "chat":
+            raise ConfigError(
+                f"rowprompt's Gemini provider has no {endpoint} endpoint",
+                hint="use an OpenAI model (--provider openai) for it",
+            )
+        from rowprompt.providers.gemini import GeminiProvider, key_from_env
+
+        url = base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or None
+        # A local Gemini-compatible server (the sandbox) needs no real key; the SDK wants one.
+        gemini = GeminiProvider(api_key=key_from_env() or "not-needed", base_url=url,
+                                timeout=request_timeout)  # fmt: skip
+        return OpenedProvider(gemini, gemini.aclose, url)
     if name == "azure":
         from rowprompt.providers.azure import DEFAULT_API_VERSION, AzureOpenAIProvider
 

@@ -32,6 +32,7 @@ from rowprompt.errors import (
     RateLimited,
     Transient,
 )
+from rowprompt.images import data_url_payload
 from rowprompt.jobs import Completion
 from rowprompt.providers.anthropic_journal import Journal
 from rowprompt.providers.base import (
@@ -80,9 +81,8 @@ def to_anthropic(body: Mapping[str, Any]) -> dict[str, Any]:
         if role in ("system", "developer"):
             system.append(text)
         else:
-            messages.append(
-                {"role": "assistant" if role == "assistant" else "user", "content": text}
-            )
+            speaker = "assistant" if role == "assistant" else "user"
+            messages.append({"role": speaker, "content": _blocks(content)})
     params: dict[str, Any] = {"model": body["model"], "messages": messages}
     if system:
         params["system"] = "\n\n".join(system)
@@ -110,6 +110,29 @@ def to_anthropic(body: Mapping[str, Any]) -> dict[str, Any]:
 def _object(schema: dict[str, Any]) -> dict[str, Any]:
     # A tool's input_schema must be an object; rowprompt's answer schemas are objects already.
     return schema if schema.get("type") == "object" else {"type": "object", **schema}
+
+
+def _blocks(content: Any) -> Any:
+    """Message content as Anthropic takes it: text, or text and image blocks in order."""
+    if not isinstance(content, list) or not any(
+        isinstance(p, dict) and p.get("type") == "image_url" for p in content
+    ):
+        return content if isinstance(content, str) else _parts_text(content)
+    blocks: list[dict[str, Any]] = []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text" and part.get("text"):
+            blocks.append({"type": "text", "text": part["text"]})
+        elif part.get("type") == "image_url":
+            url = str((part.get("image_url") or {}).get("url") or "")
+            if url[:5].lower() == "data:":
+                media_type, data = data_url_payload(url)
+                source = {"type": "base64", "media_type": media_type, "data": data}
+            else:
+                source = {"type": "url", "url": url}
+            blocks.append({"type": "image", "source": source})
+    return blocks
 
 
 def _parts_text(content: Any) -> str:
@@ -227,7 +250,8 @@ class AnthropicProvider:
     """Real time through Messages, batch through Message Batches."""
 
     # 100,000 requests or 256 MB per batch (reference §8); the JSON body a little over the file.
-    batch_caps = BatchCaps(max_requests=100_000, max_bytes=250 * 1024 * 1024)
+    # Decimal MB, the stricter reading: 250 MiB would pass 256,000,000 bytes.
+    batch_caps = BatchCaps(max_requests=100_000, max_bytes=250 * 1000 * 1000)
 
     def __init__(
         self,

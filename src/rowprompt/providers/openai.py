@@ -203,14 +203,18 @@ class OpenAIProvider:
         """
         try:
             await self._client.models.retrieve(model, timeout=30)
-        except openai.NotFoundError:
+        except openai.NotFoundError as exc:
             known: list[str] = []
             try:
                 page = await self._client.models.list(timeout=30)
-                known = sorted(m.id for m in page.data)[:20]
+                known = sorted(m.id for m in page.data)
             except openai.APIError:
-                pass
-            listing = f" (it knows: {', '.join(known)})" if known else ""
+                # Neither route: only OpenAI's own "model_not_found" says the model is unknown.
+                if _error_code(exc) != "model_not_found":
+                    return
+            if model in known:
+                return  # the 404 was the route itself (llama.cpp's server has no retrieve)
+            listing = f" (it knows: {', '.join(known[:20])})" if known else ""
             raise ConfigError(
                 f"the provider does not know the model {model!r}{listing}",
                 hint="pass --model with a model the provider serves",
@@ -314,6 +318,13 @@ class RateLimitedSeen(RateLimited):
     ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.limits = limits
+
+
+def _error_code(exc: openai.APIError) -> str | None:
+    """The ``error.code`` of an error body, when it has one."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    err = body.get("error", body)
+    return err.get("code") if isinstance(err, dict) else None
 
 
 def _no_batches(exc: openai.APIError) -> BatchUnsupported:

@@ -17,6 +17,8 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from rowprompt import images
+
 from .errors import APIError
 from .model import Rule, completion, sandbox_model_name
 from .validation import ChatRequest, content_text, resolve_model
@@ -116,6 +118,70 @@ def _text_of(content: Any, where: str) -> str:
     return content_text(content)
 
 
+ANTHROPIC_MEDIA_TYPES: Final = ("image/jpeg", "image/png", "image/gif", "image/webp")
+ANTHROPIC_MAX_IMAGE_BYTES: Final = 5 * 1024 * 1024
+
+
+def _content_of(content: Any, where: str) -> Any:
+    """A message's content for the sandbox's model: its text, or text and image parts.
+
+    Image blocks are checked as Anthropic checks them and carried as Chat Completions
+    ``image_url`` parts (a base64 source as a data URL), so one model answers both faces.
+    """
+    text = _text_of(content, where)
+    if not isinstance(content, list) or not any(b.get("type") == "image" for b in content):
+        return text
+    parts: list[dict[str, Any]] = []
+    for j, block in enumerate(content):
+        if block["type"] == "text" and isinstance(block.get("text"), str):
+            parts.append({"type": "text", "text": block["text"]})
+        elif block["type"] == "image":
+            url = _image_url(block.get("source"), f"{where}.content.{j}.image.source")
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+    return parts
+
+
+def _image_url(source: Any, where: str) -> str:
+    if not isinstance(source, dict):
+        raise _bad(f"{where}: Field required")
+    kind = source.get("type")
+    if kind == "url":
+        if not isinstance(source.get("url"), str):
+            raise _bad(f"{where}.url.url: Field required")
+        return str(source["url"])
+    if kind != "base64":
+        raise _bad(
+            f"{where}: Input tag '{kind}' found using 'type' does not match any of the expected"
+            " tags: 'base64', 'file', 'url'"
+        )
+    media_type, data = source.get("media_type"), source.get("data")
+    if media_type not in ANTHROPIC_MEDIA_TYPES:
+        raise _bad(
+            f"{where}.base64.media_type: Input should be 'image/jpeg', 'image/png', 'image/gif'"
+            " or 'image/webp'"
+        )
+    if not isinstance(data, str):
+        raise _bad(f"{where}.base64.data: Field required")
+    url = f"data:{media_type};base64,{data}"
+    try:
+        size = images.data_url_bytes(url)
+        if size > ANTHROPIC_MAX_IMAGE_BYTES:
+            raise _bad(
+                f"{where}.base64: image exceeds 5 MB maximum: {size} bytes >"
+                f" {ANTHROPIC_MAX_IMAGE_BYTES} bytes"
+            )
+        info = images.data_url_info(url)
+    except images.ImageFormatError as exc:
+        if exc.message.startswith("a data URL declared"):
+            raise _bad(
+                f"{where}.base64: Image does not match the provided media type {media_type}"
+            ) from None
+        raise _bad(f"{where}.base64.data: Could not process image") from None
+    if max(info.width, info.height) > 8000:
+        raise _bad(f"{where}.base64: image dimensions exceed max allowed size: 8000 pixels")
+    return url
+
+
 def _int_field(body: dict[str, Any], name: str, low: int) -> int | None:
     value = body.get(name)
     if value is None:
@@ -184,7 +250,7 @@ def parse_messages_request(body: Any, models: Collection[str]) -> ChatRequest:
             raise _bad(f"messages.{i}.role: Input should be 'user' or 'assistant'")
         if "content" not in message:
             raise _bad(f"messages.{i}.content: Field required")
-        chat.append({"role": role, "content": _text_of(message["content"], f"messages.{i}")})
+        chat.append({"role": role, "content": _content_of(message["content"], f"messages.{i}")})
     temperature = body.get("temperature")
     if temperature is not None and (
         isinstance(temperature, bool)

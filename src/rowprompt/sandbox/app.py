@@ -19,12 +19,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import anthropic_face, azure_face
+from . import anthropic_face, azure_face, gemini_face
 from .anthropic_model import AnthropicError
 from .chat import chat_completion
 from .config import FaultConfig
+from .embeddings import create_embeddings
 from .errors import APIError, error_body, server_error
 from .files import DEFAULT_BATCH_FILE_TTL, MAX_FILE_BYTES, UPLOAD_PURPOSES
+from .responses import create_response
 from .state import SandboxState
 
 Scope = MutableMapping[str, Any]
@@ -81,14 +83,17 @@ class SandboxASGI:
         path: str = scope["path"]
         marker: dict[str, Any] = {"drop": False, "status": 0}
         scope["rowprompt"] = marker
-        if path.startswith(("/v1/", "/openai/")) and not _has_key(scope):
-            body = error_body(NO_KEY)
+        keyed = path.startswith(("/v1/", "/openai/", *gemini_face.PATHS))
+        if keyed and not _has_key(scope) and not gemini_face.is_upload_session(scope):
+            status, body = 401, error_body(NO_KEY)
             if path.startswith("/v1/messages"):
                 body = AnthropicError(401, anthropic_face.NO_KEY).body()
+            elif path.startswith(gemini_face.PATHS):
+                status, body = 403, gemini_face.no_key_body()
             # Counted before the answer leaves, so a client that reads the stats right after
             # its answer always finds its own request there.
-            self.state.stats.count_request(endpoint_name(scope["method"], path), 401)
-            await _send_json(send, 401, body)
+            self.state.stats.count_request(endpoint_name(scope["method"], path), status)
+            await _send_json(send, status, body)
             return
 
         hook = self.state.hook
@@ -133,9 +138,10 @@ class SandboxASGI:
 
 
 def _has_key(scope: Scope) -> bool:
-    # OpenAI sends Authorization, Anthropic x-api-key, Azure api-key (or Authorization).
+    # OpenAI sends Authorization, Anthropic x-api-key, Azure api-key (or Authorization),
+    # Gemini x-goog-api-key.
     for name, value in scope["headers"]:
-        if name in (b"authorization", b"x-api-key", b"api-key"):
+        if name in (b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key"):
             return bool(value.strip())
     return False
 
@@ -228,6 +234,14 @@ def build_app(state: SandboxState) -> SandboxASGI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         return await chat_completion(state, request)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        return await create_embeddings(state, request)
+
+    @app.post("/v1/responses")
+    async def responses(request: Request) -> Response:
+        return await create_response(state, request)
 
     @app.get("/v1/models")
     async def list_models() -> Response:
@@ -328,6 +342,7 @@ def build_app(state: SandboxState) -> SandboxASGI:
 
     anthropic_face.mount(app, state)
     azure_face.mount(app, state, _upload)
+    gemini_face.mount(app, state)
     return SandboxASGI(app, state)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from rowprompt.tokens import count_messages
 
+from . import embeddings_model, responses_model
 from .errors import APIError
 from .model import Rule, completion
 from .validation import resolve_model, validate_chat
@@ -30,6 +31,8 @@ class ParsedInput:
     """(custom_id, start, end) byte offsets of each request line."""
     model: str | None = None
     tokens: int = 0
+    inputs: int = 0
+    """Inputs of endpoints that cap them per batch (embeddings)."""
     errors: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -163,6 +166,8 @@ def parse_input(
             errors.append(problem)
             continue
         seen.add(custom_id)
+        if endpoint in INPUT_LIMITS:
+            parsed.inputs += INPUT_LIMITS[endpoint][0](body)
         parsed.spans.append((custom_id, line_start, end))
         if len(parsed.spans) <= max_requests:
             base = resolve_model(parsed.model or "", models) or "gpt-4o-mini"
@@ -177,6 +182,15 @@ def parse_input(
                 "too_many_tasks",
                 f"The batch input file has {len(parsed.spans):,} requests, more than the "
                 f"maximum of {max_requests:,} requests per batch.",
+            )
+        )
+    elif endpoint in INPUT_LIMITS and parsed.inputs > INPUT_LIMITS[endpoint][1]:
+        # The code of this failure is not documented; the limit is (reference §3).
+        errors.append(
+            batch_error(
+                "too_many_tasks",
+                f"The batch input file has {parsed.inputs:,} embedding inputs, more than the "
+                f"maximum of {INPUT_LIMITS[endpoint][1]:,} embedding inputs per batch.",
             )
         )
     return parsed
@@ -204,9 +218,20 @@ def _chat_line(
 # One handler per batch endpoint: the line's body -> (response body, input tokens, output
 # tokens); an invalid body raises APIError, which becomes the line's error response.
 LineHandler = Callable[[Any, Collection[str], int, Sequence[Rule]], tuple[dict[str, Any], int, int]]
-HANDLERS: dict[str, LineHandler] = {"/v1/chat/completions": _chat_line}
+HANDLERS: dict[str, LineHandler] = {
+    "/v1/chat/completions": _chat_line,
+    "/v1/responses": responses_model.answer_line,
+    "/v1/embeddings": embeddings_model.embeddings_line,
+}
 # Enqueued-token estimate of one line's body, per endpoint (chat's when absent).
-ESTIMATORS: dict[str, Callable[[dict[str, Any], str], int]] = {}
+ESTIMATORS: dict[str, Callable[[dict[str, Any], str], int]] = {
+    "/v1/responses": responses_model.estimate_tokens,
+    "/v1/embeddings": embeddings_model.line_tokens,
+}
+# Endpoints that also cap the inputs of a whole batch: (inputs of one line's body, the cap).
+INPUT_LIMITS: dict[str, tuple[Callable[[dict[str, Any]], int], int]] = {
+    "/v1/embeddings": (embeddings_model.line_inputs, 50_000),
+}
 
 
 def execute(

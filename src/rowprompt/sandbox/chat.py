@@ -64,9 +64,8 @@ def _quota_error(headers: dict[str, str]) -> APIError:
     )
 
 
-async def chat_completion(state: SandboxState, request: Request) -> Response:
-    """Answer one chat completion request; every answer carries the rate-limit headers."""
-    started = time.perf_counter()
+def request_context(request: Request, **fields: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """The headers every answer carries, and the request's log entry with ``fields`` added."""
     request_id = "req_" + secrets.token_hex(16)
     headers = {
         "x-request-id": request_id,
@@ -79,21 +78,104 @@ async def chat_completion(state: SandboxState, request: Request) -> Response:
         "status": 0,
         "model": None,
         "prompt_tokens": None,
-        "messages_sha256": None,
-        "last_user_message": None,
+        **fields,
         "retry_count": request.headers.get("x-stainless-retry-count"),
         "fault": None,
     }
+    return headers, entry
+
+
+async def read_json(request: Request, entry: dict[str, Any]) -> Any:
+    """The request's JSON body (a 400 as OpenAI words it when it is not JSON)."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise APIError(400, _BAD_JSON) from None
+    if isinstance(body, dict) and isinstance(body.get("model"), str):
+        entry["model"] = body["model"]
+    return body
+
+
+async def admit(
+    state: SandboxState,
+    request: Request,
+    *,
+    model: str,
+    limit_model: str,
+    cost: int,
+    headers: dict[str, str],
+    entry: dict[str, Any],
+) -> bool:
+    """Faults, rate limits and latency before an answer; False: drop the connection.
+
+    Raises the APIError to answer instead (a 429, a 5xx).
+    """
+    fault = state.faults.chat()
+    entry["fault"] = fault
+    if fault == "quota":
+        state.stats.count_fault("insufficient_quota")
+        raise _quota_error(headers)
+    if fault == "storm":
+        state.stats.count_rate_limited("storm")
+        state.stats.count_fault("rate_limit_storm")
+        headers.update(state.limiter.peek(limit_model))
+        raise _storm_error(state, model, headers)
+    admission = state.limiter.admit(limit_model, cost)
+    headers.update(admission.headers)
+    if admission.error is not None:
+        state.stats.count_rate_limited(admission.cause or "tokens")
+        raise admission.error
+    if fault == "drop":
+        state.stats.count_fault("dropped_connection")
+        request.scope["rowprompt"]["drop"] = True
+        return False
+    if fault == "error":
+        state.stats.count_fault("server_error")
+        raise server_error(state.faults.error_status())
+    if fault == "slow":
+        state.stats.count_fault("slow")
+        await asyncio.sleep(state.config.faults.slow_seconds)
+    delay = state.faults.latency(state.config.latency_ms, state.config.latency_jitter_ms)
+    if delay > 0:
+        await asyncio.sleep(delay)
+    return True
+
+
+def answer(data: Any, headers: dict[str, str], started: float) -> Response:
+    """A 200 JSON answer with the request's headers."""
+    headers["openai-processing-ms"] = str(round((time.perf_counter() - started) * 1000))
+    return Response(
+        json.dumps(data, ensure_ascii=False).encode("utf-8"),
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def error_answer(
+    state: SandboxState, exc: APIError, headers: dict[str, str], limit_model: str, started: float
+) -> Response:
+    """An error answer that still carries the rate-limit headers."""
+    if "x-ratelimit-limit-requests" not in headers:
+        headers.update(state.limiter.peek(limit_model))
+    merged = {**headers, **exc.headers}
+    merged["openai-processing-ms"] = str(round((time.perf_counter() - started) * 1000))
+    return Response(
+        json.dumps(exc.body()).encode("utf-8"),
+        status_code=exc.status,
+        headers=merged,
+        media_type="application/json",
+    )
+
+
+async def chat_completion(state: SandboxState, request: Request) -> Response:
+    """Answer one chat completion request; every answer carries the rate-limit headers."""
+    started = time.perf_counter()
+    headers, entry = request_context(request, messages_sha256=None, last_user_message=None)
     limit_model = state.config.models[0]
     status = 200
     try:
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise APIError(400, _BAD_JSON) from None
-        if isinstance(body, dict) and isinstance(body.get("model"), str):
-            entry["model"] = body["model"]
+        body = await read_json(request, entry)
         req = validate_chat(body, state.models)
         limit_model = req.base_model
         entry["messages_sha256"] = _messages_sha256(req.messages)
@@ -101,61 +183,25 @@ async def chat_completion(state: SandboxState, request: Request) -> Response:
         prompt = count_messages(req.messages, req.base_model)
         entry["prompt_tokens"] = prompt
         cost = prompt + (req.max_tokens or 0) * req.n
-        fault = state.faults.chat()
-        entry["fault"] = fault
-        if fault == "quota":
-            state.stats.count_fault("insufficient_quota")
-            raise _quota_error(headers)
-        if fault == "storm":
-            state.stats.count_rate_limited("storm")
-            state.stats.count_fault("rate_limit_storm")
-            headers.update(state.limiter.peek(limit_model))
-            raise _storm_error(state, req.model, headers)
-        admission = state.limiter.admit(limit_model, cost)
-        headers.update(admission.headers)
-        if admission.error is not None:
-            state.stats.count_rate_limited(admission.cause or "tokens")
-            raise admission.error
-        if fault == "drop":
-            state.stats.count_fault("dropped_connection")
-            request.scope["rowprompt"]["drop"] = True
+        sending = await admit(
+            state, request, model=req.model, limit_model=limit_model, cost=cost,
+            headers=headers, entry=entry,
+        )  # fmt: skip
+        if not sending:
             status = 0
             return Response(b"")
-        if fault == "error":
-            state.stats.count_fault("server_error")
-            raise server_error(state.faults.error_status())
-        if fault == "slow":
-            state.stats.count_fault("slow")
-            await asyncio.sleep(state.config.faults.slow_seconds)
-        delay = state.faults.latency(state.config.latency_ms, state.config.latency_jitter_ms)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        answer = completion(req, state.config.seed, state.rules, prompt)
-        used = answer["usage"]["completion_tokens"]
+        data = completion(req, state.config.seed, state.rules, prompt)
+        used = data["usage"]["completion_tokens"]
         if state.config.token_accounting == "anthropic":
             # Anthropic counts max_tokens at admission, then the real output: refund the rest.
             refund = max(0, (req.max_tokens or 0) * req.n - used)
             state.limiter.refund(limit_model, refund)
             cost -= refund
         state.stats.count_tokens(cost, prompt, used)
-        headers["openai-processing-ms"] = str(round((time.perf_counter() - started) * 1000))
-        return Response(
-            json.dumps(answer, ensure_ascii=False).encode("utf-8"),
-            headers=headers,
-            media_type="application/json",
-        )
+        return answer(data, headers, started)
     except APIError as exc:
         status = exc.status
-        if "x-ratelimit-limit-requests" not in headers:
-            headers.update(state.limiter.peek(limit_model))
-        merged = {**headers, **exc.headers}
-        merged["openai-processing-ms"] = str(round((time.perf_counter() - started) * 1000))
-        return Response(
-            json.dumps(exc.body()).encode("utf-8"),
-            status_code=exc.status,
-            headers=merged,
-            media_type="application/json",
-        )
+        return error_answer(state, exc, headers, limit_model, started)
     finally:
         entry["status"] = status
         state.stats.log_request(entry)

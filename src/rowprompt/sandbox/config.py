@@ -14,6 +14,9 @@ DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4.1-nano",
     "gpt-4.1",
     "gpt-5-mini",
+    "text-embedding-3-small",
+    "text-embedding-3-large",
+    "text-embedding-ada-002",
 )
 
 

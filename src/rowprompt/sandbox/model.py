@@ -126,6 +126,8 @@ def _default_content(req: ChatRequest, seed: int, index: int) -> str:
         schema = (req.response_format or {}).get("json_schema", {}).get("schema", {})
         return json.dumps(instance(schema, rng), ensure_ascii=False)
     text = words(rng, rng.randint(3, 8)).capitalize() + "."
+    if req.last_user_images:  # the answer names what it "saw": each row's own image
+        text = f"{' '.join(req.last_user_images)} {text}"
     if fmt == "json_object":
         return json.dumps({"answer": text})
     return text

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
+
+from rowprompt import images
 
 from .errors import APIError, describe, missing, wrong_type
 
@@ -24,6 +30,18 @@ KNOWN_PARAMS = frozenset(
     }
 )  # fmt: skip
 ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+# Content part types each role may send (ChatCompletionRequest*MessageContentPart).
+PART_TYPES = {
+    "user": ("text", "image_url", "input_audio", "file"),
+    "assistant": ("text", "refusal"),
+    "system": ("text",),
+    "developer": ("text",),
+    "tool": ("text",),
+}
+IMAGE_FORMAT_MESSAGE = (
+    "You uploaded an unsupported image. Please make sure your image has of one the following"
+    " formats: ['png', 'jpeg', 'gif', 'webp']."
+)
 _SCHEMA_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
@@ -41,13 +59,48 @@ class ChatRequest:
     max_tokens: int | None
     response_format: dict[str, Any] | None
 
-    @property
+    @cached_property
     def last_user_text(self) -> str:
-        """Text of the last user message: what scripted rules match against."""
+        """Text of the last user message, then a tag per image: what scripted rules match."""
+        text = content_text(self._last_user_content)
+        return "\n".join([text, *self.last_user_images]) if self.last_user_images else text
+
+    @cached_property
+    def last_user_images(self) -> tuple[str, ...]:
+        """A tag per image of the last user message (see :func:`image_tag`)."""
+        content = self._last_user_content
+        if not isinstance(content, list):
+            return ()
+        tags = []
+        for part in content:
+            image = part.get("image_url") if isinstance(part, dict) else None
+            if isinstance(image, dict) and isinstance(image.get("url"), str):
+                tags.append(image_tag(image["url"]))
+        return tuple(tags)
+
+    @property
+    def _last_user_content(self) -> Any:
         for message in reversed(self.messages):
             if message.get("role") == "user":
-                return content_text(message.get("content"))
-        return ""
+                return message.get("content")
+        return None
+
+
+def image_tag(url: str) -> str:
+    """How the sandbox's model "sees" an image: ``[image png 4x3 #1a2b3c4d]``.
+
+    The hash is the first 8 hex digits of the image bytes' sha256, so an answer shows which
+    image a request carried. A web URL is not fetched: ``[image url https://...]``.
+    """
+    if url[:5].lower() != "data:":
+        return f"[image url {url[:200]}]"
+    try:
+        info = images.data_url_info(url)
+        _, start = images.split_data_url(url)
+        digest = hashlib.sha256(base64.b64decode(url[start:])).hexdigest()[:8]
+    except (images.ImageFormatError, binascii.Error, ValueError):
+        return "[image unreadable]"  # refused by validation wherever validation runs
+    return f"[image {info.format} {info.width}x{info.height} #{digest}]"
 
 
 def content_text(content: Any) -> str:
@@ -126,7 +179,89 @@ def _check_messages(messages: Any) -> list[dict[str, Any]]:
             raise missing(f"{where}.content")
         if content is not None and not isinstance(content, str | list):
             raise wrong_type(f"{where}.content", "one of a string or array of objects", content)
+        if isinstance(content, list):
+            _check_parts(content, f"{where}.content", PART_TYPES.get(role, ("text",)))
     return messages
+
+
+def _check_parts(parts: list[Any], where: str, allowed: tuple[str, ...]) -> None:
+    for j, part in enumerate(parts):
+        at = f"{where}[{j}]"
+        if not isinstance(part, dict):
+            raise wrong_type(at, "an object", part)
+        kind = part.get("type")
+        if kind is None:
+            raise missing(f"{at}.type")
+        if kind not in allowed:
+            names = [f"'{t}'" for t in allowed]
+            supported = names[0] if len(names) == 1 else f"{', '.join(names[:-1])}, and {names[-1]}"
+            raise APIError(
+                400,
+                f"Invalid value: '{kind}'. Supported values are: {supported}.",
+                param=f"{at}.type",
+                code="invalid_value",
+            )
+        if kind == "text" and not isinstance(part.get("text"), str):
+            if "text" not in part:
+                raise missing(f"{at}.text")
+            raise wrong_type(f"{at}.text", "a string", part["text"])
+        if kind == "image_url":
+            _check_image(part.get("image_url"), f"{at}.image_url")
+
+
+def _check_image(image: Any, where: str) -> None:
+    """An image part checked as OpenAI checks it; a data URL must hold a supported image."""
+    if image is None:
+        raise missing(where)
+    if not isinstance(image, dict):
+        raise wrong_type(where, "an object", image)
+    url = image.get("url")
+    if url is None:
+        raise missing(f"{where}.url")
+    if not isinstance(url, str):
+        raise wrong_type(f"{where}.url", "a string", url)
+    detail = image.get("detail")
+    if detail is not None and detail not in images.DETAILS:
+        raise APIError(
+            400,
+            f"Invalid value: '{detail}'. Supported values are: 'auto', 'low', and 'high'.",
+            param=f"{where}.detail",
+            code="invalid_value",
+        )
+    if url[:8].lower().startswith(("http://", "https://")):
+        return  # the sandbox fetches nothing: it answers from the URL string
+    if url[:5].lower() != "data:":
+        raise APIError(
+            400,
+            "Invalid image URL: expected an http(s) URL or a base64 data URL"
+            " (data:image/png;base64,...).",
+            param=f"{where}.url",
+            code="invalid_image_url",
+        )
+    try:
+        declared, start = images.split_data_url(url)
+        base64.b64decode(url[start:], validate=True)
+    except (images.ImageFormatError, binascii.Error, ValueError):
+        raise APIError(
+            400, "Invalid base64 image_url.", param=f"{where}.url", code="invalid_base64_image"
+        ) from None
+    if declared not in ("image/png", "image/jpeg", "image/jpg", "image/gif", "image/webp"):
+        raise APIError(400, IMAGE_FORMAT_MESSAGE, code="invalid_image_format")
+    try:
+        info = images.data_url_info(url)
+    except images.ImageFormatError:
+        raise APIError(400, IMAGE_FORMAT_MESSAGE, code="invalid_image_format") from None
+    if info.animated and info.format == "gif":
+        raise APIError(400, IMAGE_FORMAT_MESSAGE, code="invalid_image_format")
+    limit = images.OPENAI_LIMITS.max_image_bytes
+    if (info.nbytes or 0) > limit:
+        raise APIError(
+            400,
+            f"Image too large: {info.nbytes:,} bytes, over the {limit // images.MB} MB"
+            " an image may be.",
+            param=f"{where}.url",
+            code="image_too_large",
+        )
 
 
 def _strict_errors(schema: Any, path: tuple[str, ...]) -> str | None:
