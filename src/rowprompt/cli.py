@@ -380,9 +380,16 @@ def _print_outcome(outcome: api.Outcome) -> None:
         click.echo(f"collect later with: rowprompt collect {outcome.job_id} --wait")
         return
     state = "complete" if p.complete else "not complete"
+    # The ledger knows answered/failed; the output's statuses (truncated, skipped, ...) are
+    # what the user reads in the table, so the last line says those when it has them.
+    counts = (
+        _status_counts(outcome.summary)
+        if outcome.summary is not None
+        else f"{p.done} answered, {p.failed} failed"
+    )
     click.echo(
-        f"job {outcome.job_id}: {state}: {p.done} ok, {p.failed} failed, {p.pending + p.in_flight}"
-        f" waiting; {p.prompt_tokens + p.completion_tokens:,} tokens, ${p.cost_usd:.4f}"
+        f"job {outcome.job_id}: {state}: {counts}, {p.pending + p.in_flight} waiting;"
+        f" {p.prompt_tokens + p.completion_tokens:,} tokens, ${p.cost_usd:.4f}"
     )
     if outcome.output_path:
         click.echo(f"wrote {outcome.output_path}")
@@ -397,9 +404,17 @@ def _print_outcome(outcome: api.Outcome) -> None:
         click.echo(f"rows still waiting: rowprompt collect {outcome.job_id} --wait")
 
 
+_STATUS_ORDER = ("ok", "parse_error", "refused", "truncated", "failed", "skipped")
+
+
+def _status_counts(s: api.Summary) -> str:
+    return ", ".join(f"{s.statuses[k]:,} {k}" for k in _STATUS_ORDER if s.statuses.get(k))
+
+
 def _print_summary(s: api.Summary) -> None:
-    order = ("ok", "parse_error", "refused", "truncated", "failed", "skipped", "pending")
-    rows = ", ".join(f"{s.statuses[k]:,} {k}" for k in order if s.statuses.get(k))
+    rows = _status_counts(s)
+    if s.statuses.get("pending"):
+        rows += f", {s.statuses['pending']:,} pending"
     click.echo(f"rows:   {rows}")
     click.echo(f"tokens: {s.prompt_tokens:,} in, {s.completion_tokens:,} out")
     saved = []
