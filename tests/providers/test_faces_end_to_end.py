@@ -84,3 +84,21 @@ def test_every_face_recovers_from_server_errors(sandbox: Sandbox, home: Path, fa
     out = run(sandbox, face, home, mode="realtime", max_tokens=20)
     assert set(out["_status"]) == {"ok"}
     assert sandbox.stats()["faults"].get("server_error", 0) > 0
+
+
+@pytest.mark.parametrize("face", list(FACES))
+def test_every_face_recovers_from_failed_expired_and_short_batches(
+    sandbox: Sandbox, home: Path, face: str
+) -> None:
+    from rowprompt.sandbox import FaultConfig
+
+    # The first batch fails outright, the second expires half done, and a fifth of the lines
+    # that succeed are missing from the results: every row must still come back, once.
+    sandbox.set_faults(FaultConfig(batch_fail_nth=[1], batch_expire_nth=[2], output_drop_rate=0.2))
+    out = run(sandbox, face, home, mode="batch", max_tokens=20)
+    assert list(out["review"]) == list(frame()["review"])
+    assert set(out["_status"]) == {"ok"}
+    assert set(out["_via"]) == {"batch"}
+    faults = sandbox.stats()["faults"]
+    assert faults.get("batch_fail", 0) >= 1 and faults.get("batch_expire", 0) >= 1
+    assert sandbox.stats()["batches_created"] >= 3
