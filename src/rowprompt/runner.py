@@ -12,6 +12,7 @@ import functools
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -115,6 +116,10 @@ class RunOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+_WINDOW_ROWS = 4096
+_WINDOWS_KEPT = 8
+
+
 @dataclass
 class Prepared:
     """A job checked and ready: its table, template, spec and request builder."""
@@ -137,17 +142,34 @@ class Prepared:
         return self.spec.job_id()
 
     @functools.cached_property
-    def _columns(self) -> tuple[list[str], list[list[Any]]]:
-        # One plain list per column, made once: rendering a row is then a few list lookups,
-        # not a pandas row access (which costs tens of microseconds a row).
-        frame = self.table.frame
-        names = self.table.columns
-        return names, [tables.column_values(frame.iloc[:, i]) for i in range(len(names))]
+    def _windows(self) -> OrderedDict[int, list[list[Any]]]:
+        return OrderedDict()
+
+    def _window(self, start: int) -> list[list[Any]]:
+        # Plain lists per column for a window of rows: rendering a row is then a few list
+        # lookups, not a pandas row access (tens of microseconds a row). Windows, not whole
+        # columns: whole columns copied every string-backed cell of the table (about 400 bytes
+        # a row); a few windows kept cover the engines' mostly in-order reads and retries.
+        windows = self._windows
+        columns = windows.get(start)
+        if columns is None:
+            part = self.table.frame.iloc[start : start + _WINDOW_ROWS]
+            columns = [
+                tables.column_values(part.iloc[:, i]) for i in range(len(self.table.columns))
+            ]
+            windows[start] = columns
+            if len(windows) > _WINDOWS_KEPT:
+                windows.popitem(last=False)
+        else:
+            windows.move_to_end(start)
+        return columns
 
     def row_values(self, position: int) -> dict[str, Any]:
         """The row at ``position`` as ``{column: value}``."""
-        names, columns = self._columns
-        return {name: column[position] for name, column in zip(names, columns, strict=True)}
+        offset = position % _WINDOW_ROWS
+        columns = self._window(position - offset)
+        names = self.table.columns
+        return {name: column[offset] for name, column in zip(names, columns, strict=True)}
 
     def build_body(self, position: int) -> dict[str, Any]:
         """The chat request body for the row at ``position``."""
@@ -310,10 +332,11 @@ def _image_inputs(
 
 def _check_images(p: Prepared, images: ImageInputs) -> None:
     """Every row's images checked (a stat and a header read each) before anything is sent."""
-    names, values = p._columns
+    names = p.table.columns
     static, dynamic = p.template.image_filter_columns()
     wanted = [*images.columns, *([] if dynamic else static)]
-    columns = [(name, values[names.index(name)]) for name in wanted]
+    frame = p.table.frame
+    columns = [(name, tables.column_values(frame.iloc[:, names.index(name)])) for name in wanted]
     render = None
     if dynamic:
 
