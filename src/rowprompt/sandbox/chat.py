@@ -7,6 +7,8 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -168,40 +170,74 @@ def error_answer(
     )
 
 
-async def chat_completion(state: SandboxState, request: Request) -> Response:
-    """Answer one chat completion request; every answer carries the rate-limit headers."""
+@dataclass
+class Exchange:
+    """One request on its way through an OpenAI-face endpoint (see :func:`serve`)."""
+
+    state: SandboxState
+    request: Request
+    headers: dict[str, str]
+    entry: dict[str, Any]
+    limit_model: str
+    """The model whose rate-limit headers an answer carries (the base model once known)."""
+
+    async def admit(self, *, model: str, cost: int) -> bool:
+        """Faults, limits and latency (see :func:`admit`); False: drop the connection."""
+        return await admit(
+            self.state, self.request, model=model, limit_model=self.limit_model, cost=cost,
+            headers=self.headers, entry=self.entry,
+        )  # fmt: skip
+
+
+Handler = Callable[[Exchange, Any], Awaitable["dict[str, Any] | None"]]
+
+
+async def serve(
+    state: SandboxState, request: Request, handler: Handler, **log_fields: Any
+) -> Response:
+    """The frame every OpenAI-face endpoint answers in: the log entry and headers, the JSON
+    body, errors with rate-limit headers, the request log. ``handler`` validates the body,
+    admits the request and returns the answer (None: the connection is dropped)."""
     started = time.perf_counter()
-    headers, entry = request_context(request, messages_sha256=None, last_user_message=None)
-    limit_model = state.config.models[0]
+    headers, entry = request_context(request, **log_fields)
+    exchange = Exchange(state, request, headers, entry, state.config.models[0])
     status = 200
     try:
-        body = await read_json(request, entry)
-        req = validate_chat(body, state.models)
-        limit_model = req.base_model
-        entry["messages_sha256"] = _messages_sha256(req.messages)
-        entry["last_user_message"] = req.last_user_text[:500]
-        prompt = count_messages(req.messages, req.base_model)
-        entry["prompt_tokens"] = prompt
-        cost = prompt + (req.max_tokens or 0) * req.n
-        sending = await admit(
-            state, request, model=req.model, limit_model=limit_model, cost=cost,
-            headers=headers, entry=entry,
-        )  # fmt: skip
-        if not sending:
+        data = await handler(exchange, await read_json(request, entry))
+        if data is None:
             status = 0
             return Response(b"")
-        data = completion(req, state.config.seed, state.rules, prompt)
-        used = data["usage"]["completion_tokens"]
-        if state.config.token_accounting == "anthropic":
-            # Anthropic counts max_tokens at admission, then the real output: refund the rest.
-            refund = max(0, (req.max_tokens or 0) * req.n - used)
-            state.limiter.refund(limit_model, refund)
-            cost -= refund
-        state.stats.count_tokens(cost, prompt, used)
         return answer(data, headers, started)
     except APIError as exc:
         status = exc.status
-        return error_answer(state, exc, headers, limit_model, started)
+        return error_answer(state, exc, headers, exchange.limit_model, started)
     finally:
         entry["status"] = status
         state.stats.log_request(entry)
+
+
+async def chat_completion(state: SandboxState, request: Request) -> Response:
+    """Answer one chat completion request; every answer carries the rate-limit headers."""
+    return await serve(state, request, _chat, messages_sha256=None, last_user_message=None)
+
+
+async def _chat(exchange: Exchange, body: Any) -> dict[str, Any] | None:
+    state, entry = exchange.state, exchange.entry
+    req = validate_chat(body, state.models)
+    exchange.limit_model = req.base_model
+    entry["messages_sha256"] = _messages_sha256(req.messages)
+    entry["last_user_message"] = req.last_user_text[:500]
+    prompt = count_messages(req.messages, req.base_model)
+    entry["prompt_tokens"] = prompt
+    cost = prompt + (req.max_tokens or 0) * req.n
+    if not await exchange.admit(model=req.model, cost=cost):
+        return None
+    data = completion(req, state.config.seed, state.rules, prompt)
+    used = data["usage"]["completion_tokens"]
+    if state.config.token_accounting == "anthropic":
+        # Anthropic counts max_tokens at admission, then the real output: refund the rest.
+        refund = max(0, (req.max_tokens or 0) * req.n - used)
+        state.limiter.refund(req.base_model, refund)
+        cost -= refund
+    state.stats.count_tokens(cost, prompt, used)
+    return data

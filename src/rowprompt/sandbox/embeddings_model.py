@@ -24,9 +24,9 @@ import numpy as np
 
 from rowprompt import tokens, vectors
 
-from .errors import APIError, describe, missing, wrong_type
+from .errors import APIError, missing, wrong_type
 from .model import Rule, sandbox_model_name
-from .validation import _int_param, resolve_model
+from .validation import _int_param, check_body_and_model, resolve_model
 
 ENDPOINT = "/v1/embeddings"
 KNOWN_PARAMS = frozenset({"input", "model", "encoding_format", "dimensions", "user"})
@@ -95,18 +95,7 @@ def _inputs(value: Any, model: str) -> list[str]:
 
 def validate_embeddings(body: Any, models: Collection[str]) -> EmbeddingRequest:
     """Check an embeddings body the way OpenAI does; raise :class:`APIError` if it fails."""
-    if not isinstance(body, dict):
-        raise APIError(
-            400,
-            f"Invalid type for the request body: expected an object, but got {describe(body)}"
-            " instead.",
-            code="invalid_type",
-        )
-    model = body.get("model")
-    if model is None:
-        raise APIError(400, "you must provide a model parameter", param="model")
-    if not isinstance(model, str):
-        raise wrong_type("model", "a string", model)
+    model = check_body_and_model(body)
     if "input" not in body:
         raise missing("input")
     for name in body:

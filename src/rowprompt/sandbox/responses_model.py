@@ -19,9 +19,9 @@ from typing import Any
 
 from rowprompt.tokens import count_messages
 
-from .errors import APIError, describe, missing, wrong_type
+from .errors import APIError, missing, wrong_type
 from .model import Rule, completion
-from .validation import ChatRequest, validate_chat
+from .validation import ChatRequest, check_body_and_model, validate_chat
 
 # Every parameter of CreateResponse in openai-openapi f85dbe2; others are refused.
 KNOWN_PARAMS = frozenset(
@@ -227,17 +227,7 @@ def _as_responses_error(exc: APIError, offset: int) -> APIError:
 
 def validate_response(body: Any, models: Collection[str]) -> ResponsesRequest:
     """Check a ``CreateResponse`` body the way OpenAI does; raise :class:`APIError` if not."""
-    if not isinstance(body, dict):
-        raise APIError(
-            400,
-            f"Invalid type for the request body: expected an object, but got {describe(body)}"
-            " instead.",
-            code="invalid_type",
-        )
-    if body.get("model") is None:
-        raise missing("model")
-    if not isinstance(body["model"], str):
-        raise wrong_type("model", "a string", body["model"])
+    check_body_and_model(body, missing_model=missing("model"))
     for name in body:
         if name not in KNOWN_PARAMS:
             raise APIError(

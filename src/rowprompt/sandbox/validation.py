@@ -366,8 +366,8 @@ def _check_response_format(fmt: Any, messages: list[dict[str, Any]]) -> dict[str
     return fmt
 
 
-def validate_chat(body: Any, models: Collection[str]) -> ChatRequest:
-    """Check a chat completion body the way OpenAI does; raise :class:`APIError` if it fails."""
+def check_body_and_model(body: Any, *, missing_model: APIError | None = None) -> str:
+    """The first checks of every endpoint: an object body naming a model (returned)."""
     if not isinstance(body, dict):
         raise APIError(
             400,
@@ -377,9 +377,15 @@ def validate_chat(body: Any, models: Collection[str]) -> ChatRequest:
         )
     model = body.get("model")
     if model is None:
-        raise APIError(400, "you must provide a model parameter", param="model")
+        raise missing_model or APIError(400, "you must provide a model parameter", param="model")
     if not isinstance(model, str):
         raise wrong_type("model", "a string", model)
+    return model
+
+
+def validate_chat(body: Any, models: Collection[str]) -> ChatRequest:
+    """Check a chat completion body the way OpenAI does; raise :class:`APIError` if it fails."""
+    model = check_body_and_model(body)
     if "messages" not in body:
         raise missing("messages")
     messages = _check_messages(body["messages"])
