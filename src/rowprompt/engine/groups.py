@@ -131,18 +131,10 @@ async def _send(engine: RealtimeEngine, members: list[Member], reserved: bool = 
         started = time.time()
         try:
             result = await engine.provider.complete(body, timeout=ctx.request_timeout)
-            parts = vectors.split_vectors(result.completion.text, len(members))
-        except ValueError as exc:  # an answer that does not match the request
-            error: ProviderError = Transient(str(exc), code="bad_answer")
-            tries += 1
-            engine.counts["errors"] += 1
-            _log(engine, members, tries - 1, started, error)
-            if max(m.attempt for m in members) + tries > ctx.max_attempts:
-                _fail(engine, members, error)
-                return
-            engine._sending.discard(task)
-            await asyncio.sleep(backoff_delay(tries))
-            continue
+            try:
+                parts = vectors.split_vectors(result.completion.text, len(members))
+            except ValueError as exc:  # an answer that does not match the request
+                raise Transient(str(exc), code="bad_answer") from None
         except RateLimited as exc:
             limited += 1
             engine.counts["429"] += 1
