@@ -527,6 +527,18 @@ class Ledger:
             )
         return [(r["key"], r["position"], r["attempts"] + 1) for r in rows]
 
+    def unclaim(self, job_id: str, keys: Sequence[str]) -> None:
+        """Give rows claimed but never sent back to pending, their claim not counted as an
+        attempt (a stop must not use up a row's tries)."""
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE rows SET state = 'pending', via = NULL, updated_at = ?,"
+                " attempts = max(attempts - 1, 0) WHERE job_id = ? AND key = ?"
+                " AND state = 'in_flight'",
+                ((now, job_id, key) for key in keys),
+            )
+
     def pending_rows(self, job_id: str, limit: int | None = None) -> list[tuple[str, int]]:
         """Pending rows (key, position) in input order."""
         sql = (

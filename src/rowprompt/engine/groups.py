@@ -123,6 +123,7 @@ async def _send(engine: RealtimeEngine, members: list[Member], reserved: bool = 
         if engine._stopping:
             raise _Stop
         engine._sending.add(task)
+        engine._unsent.difference_update(m.key for m in members)
         engine.counts["requests"] += 1
         engine.meter.sent(tokens)
         if tries or limited:

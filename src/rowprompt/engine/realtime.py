@@ -125,6 +125,9 @@ class RealtimeEngine:
         self._stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending: set[asyncio.Task[None]] = set()
+        # Rows claimed in this run whose request has not yet gone out: a stop gives them back
+        # without counting the claim as an attempt.
+        self._unsent: set[str] = set()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = time.monotonic()
@@ -223,6 +226,7 @@ class RealtimeEngine:
                     if not rows:
                         break
                     claimed += len(rows)
+                    self._unsent.update(row[0] for row in rows)
                     buffer = (self._groups(rows) if self.ctx.grouping else rows)[::-1]
                     if not buffer:
                         continue  # every row was answered from the cache
@@ -239,7 +243,9 @@ class RealtimeEngine:
             ticker.cancel()
             self._writer.flush()
             # Rows claimed but not ended (never sent, abandoned, or stopped by a fatal error)
-            # go back to pending for the next run.
+            # go back to pending for the next run; those never sent with their attempt undone.
+            if self._unsent:
+                self.ledger.unclaim(job_id, sorted(self._unsent))
             self.ledger.requeue_in_flight(job_id, VIA_REALTIME)
             self._report()
         if self._stopping and self._fatal is None:
@@ -335,6 +341,7 @@ class RealtimeEngine:
             if self._stopping:
                 raise _Stop
             self._sending.add(task)
+            self._unsent.discard(key)
             self.counts["requests"] += 1
             self.meter.sent(reserve)
             if tries or limited:
