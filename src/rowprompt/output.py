@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,41 +79,64 @@ def build_output(
     Rows the job has not finished yet (a partial collect) have ``_status`` ``pending``.
     """
     answer = answer or AnswerSpec()
-    records = {r.key: r for r in ledger.iter_rows(job_id)}
-    declared = answer.columns()
+    n = len(keys)
+    # Column lists filled as the ledger's rows stream by (in input order), so a million rows
+    # never sit in memory as records at once: only the values that go into the table.
+    status: list[str] = ["pending"] * n
+    values: list[dict[str, Any]] = [{}] * n
+    error: list[str | None] = [None] * n
+    raw: list[str | None] = [None] * n
+    prompt_tokens: list[int | None] = [None] * n
+    completion_tokens: list[int | None] = [None] * n
+    cost: list[float | None] = [None] * n
+    via: list[str | None] = [None] * n
     learned: list[str] = []
-    per_row: list[tuple[str, dict[str, Any], str | None, str | None, RowRecord | None]] = []
-    for key in keys:
-        record = records.get(key)
-        status, values, error, raw = _row_result(record, answer, structured)
+    seen_learned: set[str] = set()
+    for i, record in _table_rows(ledger, job_id, keys):
+        row_status, row_values, row_error, row_raw = _row_result(record, answer, structured)
         if answer.kind == "json":
-            learned.extend(k for k in values if k not in learned)
-        per_row.append((status, values, error, raw, record))
+            for name in row_values:
+                if name not in seen_learned:
+                    seen_learned.add(name)
+                    learned.append(name)
+        status[i], values[i], error[i], raw[i] = row_status, row_values, row_error, row_raw
+        prompt_tokens[i] = record.prompt_tokens
+        completion_tokens[i] = record.completion_tokens
+        cost[i] = record.cost_usd
+        via[i] = record.via if row_status != "pending" else None
+    declared = answer.columns()
     names = declared or _json_columns(learned, [str(c) for c in frame.columns])
     out = frame.copy()
     dtypes = answer.dtypes()
     for name in names:
         source = _source_key(name, learned) if answer.kind == "json" else name
-        column = [row[1].get(source) for row in per_row]
+        column = [row.get(source) for row in values]
         out[name] = _series(column, dtypes.get(name, "object"), out.index)
-    out["_status"] = pd.Series([row[0] for row in per_row], index=out.index, dtype="object")
-    out["_error"] = pd.Series([row[2] for row in per_row], index=out.index, dtype="object")
-    out["_raw"] = pd.Series([row[3] for row in per_row], index=out.index, dtype="object")
-    out["_prompt_tokens"] = pd.Series(
-        [r[4].prompt_tokens if r[4] else None for r in per_row], index=out.index, dtype="Int64"
-    )
-    out["_completion_tokens"] = pd.Series(
-        [r[4].completion_tokens if r[4] else None for r in per_row], index=out.index, dtype="Int64"
-    )
-    out["_cost_usd"] = pd.Series(
-        [r[4].cost_usd if r[4] else None for r in per_row], index=out.index, dtype="float64"
-    )
-    out["_via"] = pd.Series(
-        [r[4].via if r[4] and r[0] != "pending" else None for r in per_row],
-        index=out.index,
-        dtype="object",
-    )
+    del values
+    out["_status"] = pd.Series(status, index=out.index, dtype="object")
+    out["_error"] = pd.Series(error, index=out.index, dtype="object")
+    out["_raw"] = pd.Series(raw, index=out.index, dtype="object")
+    out["_prompt_tokens"] = pd.Series(prompt_tokens, index=out.index, dtype="Int64")
+    out["_completion_tokens"] = pd.Series(completion_tokens, index=out.index, dtype="Int64")
+    out["_cost_usd"] = pd.Series(cost, index=out.index, dtype="float64")
+    out["_via"] = pd.Series(via, index=out.index, dtype="object")
     return out, names
+
+
+def _table_rows(ledger: Ledger, job_id: str, keys: list[str]) -> Iterator[tuple[int, RowRecord]]:
+    """The job's rows as the ledger streams them, each with its index in the table."""
+    n = len(keys)
+    index_of: dict[str, int] | None = None
+    for record in ledger.iter_rows(job_id):
+        i = record.position
+        if not (0 <= i < n and keys[i] == record.key):
+            if index_of is None:
+                index_of = {key: position for position, key in enumerate(keys)}
+            found = index_of.get(record.key)
+            if found is None:
+                continue  # a row of the job the table no longer has (a smaller --limit)
+            i = found
+        yield i, record
 
 
 def _json_columns(keys: list[str], input_columns: list[str]) -> list[str]:
@@ -151,40 +175,37 @@ def build_embedding_output(
 
     Rows the job has not finished yet have ``_status`` ``pending``.
     """
-    records = {r.key: r for r in ledger.iter_rows(job_id)}
-    vectors_out: list[np.ndarray | None] = []
-    statuses: list[str] = []
-    errors: list[str | None] = []
-    found: list[RowRecord | None] = []
-    for key in keys:
-        record = records.get(key)
+    n = len(keys)
+    vectors_out: list[np.ndarray | None] = [None] * n
+    statuses: list[str] = ["pending"] * n
+    errors: list[str | None] = [None] * n
+    tokens: list[int | None] = [None] * n
+    cost: list[float | None] = [None] * n
+    via: list[str | None] = [None] * n
+    for i, record in _table_rows(ledger, job_id, keys):
         status, _, error, _ = _row_result(record, AnswerSpec(), True)
         vector = None
-        if status == "ok" and record is not None:
+        if status == "ok":
             try:
                 vector = vectors.decode(record.answer or "")
             except ValueError:
                 vector = None
             if vector is None or not len(vector):
                 status, error, vector = "failed", "the answer holds no embedding vector", None
-        vectors_out.append(vector)
-        statuses.append(status)
-        errors.append(error)
-        found.append(record if status != "pending" else None)
+        vectors_out[i] = vector
+        statuses[i] = status
+        errors[i] = error
+        if status != "pending":
+            # Blank rows skipped before sending have no via ("").
+            tokens[i], cost[i], via[i] = record.prompt_tokens, record.cost_usd, record.via or None
     out = frame.copy()
     index = out.index
     out[EMBEDDING_COLUMN] = pd.Series(vectors_out, index=index, dtype="object")
     out["_status"] = pd.Series(statuses, index=index, dtype="object")
     out["_error"] = pd.Series(errors, index=index, dtype="object")
-    out["_prompt_tokens"] = pd.Series(
-        [r.prompt_tokens if r else None for r in found], index=index, dtype="Int64"
-    )
-    out["_cost_usd"] = pd.Series(
-        [r.cost_usd if r else None for r in found], index=index, dtype="float64"
-    )
-    # Blank rows skipped before sending have no via ("").
-    vias = [(r.via or None) if r else None for r in found]
-    out["_via"] = pd.Series(vias, index=index, dtype="object")
+    out["_prompt_tokens"] = pd.Series(tokens, index=index, dtype="Int64")
+    out["_cost_usd"] = pd.Series(cost, index=index, dtype="float64")
+    out["_via"] = pd.Series(via, index=index, dtype="object")
     return out
 
 
