@@ -42,7 +42,8 @@ class BatchCaps:
     """The limits of one batch file for this provider."""
 
     max_requests: int = 50_000
-    max_bytes: int = 200 * 1024 * 1024
+    # OpenAI documents "200 MB"; decimal is the smaller reading, so no shard can exceed it.
+    max_bytes: int = 200 * 1000 * 1000
 
 
 @dataclass(frozen=True)
