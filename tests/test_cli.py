@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from openai import OpenAI
 
+from rowprompt.cli import main
 from rowprompt.sandbox import Sandbox
 from tests.helpers import RP, fast_config, run_cli
 
@@ -40,9 +42,13 @@ def chat_requests(sandbox: Sandbox) -> int:
 
 
 def test_every_command_has_help() -> None:
-    for command in ("run", "estimate", "jobs", "status", "collect", "resume", "cancel", "sandbox"):
-        result = run_cli(command, "--help")
-        assert result.returncode == 0 and "Usage:" in result.stdout, command
+    # The installed command once (it starts), then every command's help in this process.
+    assert run_cli("--help").returncode == 0
+    commands = ("run", "estimate", "jobs", "status", "collect", "resume", "cancel", "sandbox",
+                "embed", "report", "ui")  # fmt: skip
+    for command in commands:
+        result = CliRunner().invoke(main, [command, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, command
 
 
 BAD_INPUTS = {
