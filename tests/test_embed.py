@@ -158,7 +158,7 @@ def test_text_over_the_input_limit_is_refused_naming_the_row(
     frame = table(3)
     frame.loc[1, "text"] = long = "word " * 9000
     count = f"{count_text(long, MODEL):,}"
-    with pytest.raises(InputError, match=f"row 1, column 'text': the text has {count} tokens"):
+    with pytest.raises(InputError, match=f"row 2, column 'text': the text has {count} tokens"):
         embed(frame, sandbox, tmp_path)
     assert sandbox.requests() == []
 

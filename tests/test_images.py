@@ -395,7 +395,7 @@ def test_the_cli_refuses_a_missing_image_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
-    assert "photos/gone.png: no such file (row 1, column 'photo')" in lines[0]
+    assert "photos/gone.png: no such file (row 2, column 'photo')" in lines[0]  # the 2nd data row
     assert str(tmp_path / "photos") in lines[0]  # where relative paths were looked for
 
 

@@ -58,7 +58,7 @@ def embedding_params(options: RunOptions) -> dict[str, Any]:
 def check_embedding_inputs(p: Prepared) -> tuple[int, ...]:
     """Refuse blank rows (unless skipped) and over-long ones before anything is written."""
     column = ", ".join(repr(c) for c in sorted(p.template.variables())) or "the template"
-    keys, source, model = p.table.keys, p.table.source, p.spec.model
+    labels, source, model = p.table.labels, p.table.source, p.spec.model
     blank: list[int] = []
     long: list[tuple[int, int]] = []
     for position in range(len(p.table)):
@@ -71,12 +71,12 @@ def check_embedding_inputs(p: Prepared) -> tuple[int, ...]:
         position, count = long[0]
         more = f" (and {len(long) - 1} more rows)" if len(long) > 1 else ""
         raise InputError(
-            f"{source}: row {keys[position]}, column {column}: the text has {count:,} tokens,"
+            f"{source}: row {labels[position]}, column {column}: the text has {count:,} tokens,"
             f" more than an embedding input may have ({vectors.MAX_INPUT_TOKENS:,}){more}",
             hint="shorten or split those texts",
         )
     if blank and not p.options.skip_empty:
-        named = ", ".join(keys[i] for i in blank[:10]) + (", ..." if len(blank) > 10 else "")
+        named = ", ".join(labels[i] for i in blank[:10]) + (", ..." if len(blank) > 10 else "")
         raise InputError(
             f"{source}: {len(blank)} row(s) have no text to embed in column {column}: rows {named}",
             hint="fill or drop those rows, or pass --skip-empty to skip them",

@@ -175,7 +175,7 @@ class Prepared:
         """The chat request body for the row at ``position``."""
         if self.spec.endpoint == "embeddings":
             return embedding_body(self.spec, self.embed_text(position))
-        values, key = self.row_values(position), self.table.keys[position]
+        values, key = self.row_values(position), self.table.label(position)
         messages = self.template.render(values, key=key)
         if self.images is not None:
             messages = self.images.attach(messages, values, key)
@@ -186,7 +186,7 @@ class Prepared:
 
     def embed_text(self, position: int) -> str:
         """The text the row at ``position`` embeds (an embeddings job's rendered template)."""
-        messages = self.template.render(self.row_values(position), key=self.table.keys[position])
+        messages = self.template.render(self.row_values(position), key=self.table.label(position))
         return str(messages[-1]["content"])
 
 
@@ -341,9 +341,9 @@ def _check_images(p: Prepared, images: ImageInputs) -> None:
     if dynamic:
 
         def render(position: int) -> list[dict[str, Any]]:
-            return p.template.render(p.row_values(position), key=p.table.keys[position])
+            return p.template.render(p.row_values(position), key=p.table.label(position))
 
-    images.check_table(p.table.keys, columns, render)
+    images.check_table(p.table.labels, columns, render)
 
 
 def _output_path(source: Any, options: RunOptions) -> Path | None:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pandas as pd
@@ -70,6 +70,16 @@ class Table:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def label(self, position: int) -> str:
+        """How a message names the row at ``position``: its id with ``--id-column``, else its
+        number counted from 1 (the first data row is row 1; the key is 0-based)."""
+        return self.keys[position] if self.id_column else str(position + 1)
+
+    @property
+    def labels(self) -> Sequence[str]:
+        """Every row's :meth:`label`, made as they are read (no list of a million names)."""
+        return _Labels(self)
+
     @property
     def columns(self) -> list[str]:
         """The column names, in order."""
@@ -85,6 +95,23 @@ class Table:
         columns = [column_values(self.frame.iloc[:, i]) for i in range(len(names))]
         for key, values in zip(self.keys, zip(*columns, strict=True), strict=True):
             yield key, dict(zip(names, values, strict=True))
+
+
+class _Labels(Sequence[str]):
+    def __init__(self, table: Table) -> None:
+        self._table = table
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        if isinstance(index, slice):
+            return [self._table.label(i) for i in range(len(self))[index]]
+        return self._table.label(range(len(self))[index])
 
 
 def is_missing(value: Any) -> bool:
