@@ -309,3 +309,23 @@ def test_answers_become_exact_vector_text_whatever_the_encoding(rows: list[list[
     with pytest.raises(ValueError):
         vectors.split_vectors(completion.text, len(rows) + 1)
     assert SHAPE.to_request({"model": MODEL, "input": "x"})["encoding_format"] == "base64"
+
+
+def test_skipped_rows_are_counted_as_skipped_everywhere_a_user_looks(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    from rowprompt.report import write_report
+
+    frame = table(4)
+    frame.loc[1, "text"] = " "
+    embed(frame, sandbox, tmp_path, skip_empty=True)
+    home = str(tmp_path / "home")
+    (job,) = list_jobs(home)
+    assert (job.progress.skipped, job.progress.failed - job.progress.skipped) == (1, 0)
+    status = CliRunner().invoke(main, ["status", job.job.id, "--home", home])
+    assert "3 answered, 0 failed, 1 skipped" in status.output
+    listing = CliRunner().invoke(main, ["jobs", "--home", home]).output.splitlines()
+    assert listing[0].split()[5:8] == ["failed", "skipped", "cost"]
+    assert listing[1].split()[6:8] == ["0", "1"]  # (the created time has a space)
+    report = write_report(job.job.id, home, str(tmp_path / "r.html")).read_text()
+    assert "<code>empty_input</code> (skipped)" in report

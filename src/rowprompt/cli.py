@@ -271,14 +271,15 @@ def jobs(home: str | None) -> None:
         return
     click.echo(
         f"{'job':<13} {'created':<17} {'state':<10} {'mode':<9} {'done':>13}"
-        f" {'failed':>7} {'cost':>10}  input"
+        f" {'failed':>7} {'skipped':>7} {'cost':>10}  input"
     )
     for s in rows:
         p = s.progress
         created = datetime.fromtimestamp(s.job.created_at).strftime("%Y-%m-%d %H:%M")
         click.echo(
             f"{s.job.id:<13} {created:<17} {s.state:<10} {s.job.mode or '':<9}"
-            f" {p.done:>6}/{p.total:<6} {p.failed:>7} {f'${p.cost_usd:.4f}':>10}"
+            f" {p.done:>6}/{p.total:<6} {p.failed - p.skipped:>7} {p.skipped:>7}"
+            f" {f'${p.cost_usd:.4f}':>10}"
             f"  {s.job.input_path or '<DataFrame>'}"
         )
 
@@ -296,8 +297,8 @@ def status(job: str, home: str | None) -> None:
     click.echo(f"  output: {s.job.output_path or '-'}")
     click.echo(f"  model:  {s.job.spec.model} via {s.job.spec.provider}, mode {s.job.mode}")
     click.echo(
-        f"  rows:   {p.total} total, {p.done} ok, {p.failed} failed, {p.pending} pending,"
-        f" {p.in_flight} in flight"
+        f"  rows:   {p.total} total, {p.done} answered, {p.failed - p.skipped} failed,"
+        f" {p.skipped} skipped, {p.pending} pending, {p.in_flight} in flight"
     )
     click.echo(
         f"  tokens: {p.prompt_tokens:,} in, {p.completion_tokens:,} out; cost ${p.cost_usd:.4f}"
@@ -385,7 +386,7 @@ def _print_outcome(outcome: api.Outcome) -> None:
     counts = (
         _status_counts(outcome.summary)
         if outcome.summary is not None
-        else f"{p.done} answered, {p.failed} failed"
+        else f"{p.done} answered, {p.failed - p.skipped} failed, {p.skipped} skipped"
     )
     click.echo(
         f"job {outcome.job_id}: {state}: {counts}, {p.pending + p.in_flight} waiting;"

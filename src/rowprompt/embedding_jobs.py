@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 from rowprompt import vectors
 from rowprompt.engine.context import GroupLimits
 from rowprompt.errors import ConfigError, InputError, UsageError
-from rowprompt.jobs import JobSpec, RowOutcome, RowState
-from rowprompt.output import EMPTY_INPUT
+from rowprompt.jobs import EMPTY_INPUT, JobSpec, RowOutcome, RowState
 
 if TYPE_CHECKING:
     from rowprompt.runner import Prepared, RunOptions

@@ -52,6 +52,12 @@ ACTIVE_SHARD_STATES = (ShardState.PLANNED, ShardState.UPLOADED, ShardState.SUBMI
 # Provider batch statuses after which nothing more will change.
 TERMINAL_BATCH_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
 
+EMPTY_INPUT = "empty_input"
+"""The error code of an embeddings row with no text, skipped with ``--skip-empty``."""
+# Rows that ended without an answer on purpose (cancelled, held back by --budget, nothing to
+# send): the output calls them ``skipped``, not ``failed``.
+SKIPPED_CODES = ("cancelled", "over_budget", EMPTY_INPUT)
+
 VIA_REALTIME = "realtime"
 VIA_BATCH = "batch"
 VIA_CACHE = "cache"
@@ -180,6 +186,8 @@ class JobProgress:
     in_flight: int = 0
     done: int = 0
     failed: int = 0
+    skipped: int = 0
+    """Of ``failed``, the rows ended on purpose (see ``SKIPPED_CODES``)."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0

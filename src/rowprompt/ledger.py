@@ -20,6 +20,7 @@ from typing import Any
 from rowprompt.errors import JobBusy, JobNotFound, UsageError
 from rowprompt.jobs import (
     ACTIVE_SHARD_STATES,
+    SKIPPED_CODES,
     TERMINAL_BATCH_STATUSES,
     Completion,
     JobProgress,
@@ -476,6 +477,13 @@ class Ledger:
             progress.prompt_tokens += row["pt"]
             progress.completion_tokens += row["ct"]
             progress.cost_usd += row["cost"]
+        if progress.failed:
+            marks = ",".join("?" * len(SKIPPED_CODES))
+            progress.skipped = self._db.execute(
+                "SELECT count(*) FROM rows WHERE job_id = ? AND state = 'failed'"
+                f" AND error_code IN ({marks})",
+                (job_id, *SKIPPED_CODES),
+            ).fetchone()[0]
         return progress
 
     # -- rows -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pandas as pd
 from rowprompt import tables, vectors
 from rowprompt.answers import AnswerSpec
 from rowprompt.errors import OutputError, UsageError
-from rowprompt.jobs import RowState
+from rowprompt.jobs import SKIPPED_CODES, RowState
 from rowprompt.ledger import Ledger, RowRecord
 
 META_COLUMNS = (
@@ -30,9 +30,6 @@ ANSWER_COLUMNS = ("response", *META_COLUMNS)
 # Cells the model wrote, besides the answer columns: neutralised in CSV and Excel.
 UNTRUSTED_COLUMNS = ("response", "_raw", "_error")
 STATUSES = ("ok", "failed", "parse_error", "refused", "truncated", "skipped", "pending")
-EMPTY_INPUT = "empty_input"
-"""The error code of an embeddings row with no text, skipped with ``--skip-empty``."""
-SKIPPED_CODES = ("cancelled", "over_budget", EMPTY_INPUT)
 
 
 def check_column_clash(columns: list[str], source: str, answer_columns: list[str]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from rowprompt import costs
 from rowprompt.answers import AnswerSpec
 from rowprompt.errors import JobNotFound, UsageError
+from rowprompt.jobs import SKIPPED_CODES
 from rowprompt.ledger import HEARTBEAT_STALE_SECONDS, default_home
 
 # Buckets are picked from these widths (seconds) so a chart has at most MAX_BUCKETS points.
@@ -28,7 +29,6 @@ MAX_BUCKETS = 150
 LATENCY_SAMPLE = 20_000  # latencies drawn at most; a strided sample beyond that
 PARSE_CHECK_LIMIT = 200_000  # answers re-parsed to count parse errors; above, not counted
 TERMINAL = ("completed", "failed", "expired", "cancelled")
-SKIPPED_CODES = ("cancelled", "over_budget")
 
 
 def ledger_path(home: str | Path | None) -> Path:
