@@ -23,13 +23,10 @@ from typing import Any
 from rowprompt import vectors
 from rowprompt.engine.budget import OVER_BUDGET
 from rowprompt.engine.realtime import (
-    RATE_LIMIT_RETRIES,
     RealtimeEngine,
-    _limits_of,
     _Stop,
-    backoff_delay,
 )
-from rowprompt.errors import Permanent, ProviderError, RateLimited, RowpromptError, Transient
+from rowprompt.errors import Permanent, ProviderError, Transient
 from rowprompt.jobs import VIA_CACHE, VIA_REALTIME, Completion, RowOutcome, RowState, request_hash
 from rowprompt.providers.base import CompletionResult
 
@@ -98,7 +95,6 @@ def group_body(members: Sequence[Member]) -> dict[str, Any]:
 
 
 async def _send(engine: RealtimeEngine, members: list[Member], reserved: bool = False) -> None:
-    ctx = engine.ctx
     if not reserved:
         members = [m for m in members if _within_budget(engine, m)]
     if not members:
@@ -112,71 +108,36 @@ async def _send(engine: RealtimeEngine, members: list[Member], reserved: bool = 
         engine._end(RowOutcome(members[0].key, RowState.FAILED, VIA_REALTIME,
                                error_code="request_too_large", error_message=reason))  # fmt: skip
         return
-    task = asyncio.current_task()
-    assert task is not None
-    body = group_body(members)
-    tries = limited = 0
-    while True:
-        if engine._stopping:
-            raise _Stop
-        ticket = await engine.limiter.acquire(tokens, 0)
-        if engine._stopping:
-            raise _Stop
-        engine._sending.add(task)
-        engine._unsent.difference_update(m.key for m in members)
-        engine.counts["requests"] += 1
-        engine.meter.sent(tokens)
-        if tries or limited:
-            engine.counts["retries"] += 1
-        sent = time.monotonic()
-        started = time.time()
+    parts: list[str] = []
+
+    def check(result: CompletionResult) -> None:
         try:
-            result = await engine.provider.complete(body, timeout=ctx.request_timeout)
-            try:
-                parts = vectors.split_vectors(result.completion.text, len(members))
-            except ValueError as exc:  # an answer that does not match the request
-                raise Transient(str(exc), code="bad_answer") from None
-        except RateLimited as exc:
-            limited += 1
-            engine.counts["429"] += 1
-            _log(engine, members, tries, started, exc)
-            engine.limiter.observe(ticket, _limits_of(exc))
-            pause = engine.limiter.rate_limited(exc.retry_after, backoff_delay(limited))
-            engine.window.rate_limited()
-            if limited > RATE_LIMIT_RETRIES:
-                _fail(engine, members, exc)
-                return
-            if limited == 1 or limited % 5 == 0:
-                ctx.say(f"429 rate limited: every sender waits {pause:.2f} s")
-            continue
-        except Transient as exc:
-            tries += 1
-            engine.counts["errors"] += 1
-            _log(engine, members, tries - 1, started, exc)
-            if max(m.attempt for m in members) + tries > ctx.max_attempts:
-                _fail(engine, members, exc)
-                return
-            engine._sending.discard(task)
-            await asyncio.sleep(backoff_delay(tries))
-            continue
-        except Permanent as exc:
-            _log(engine, members, tries, started, exc)
-            if len(members) > 1:
-                await _isolate(engine, members, tries + 1)
-                return
-            _fail(engine, members, exc)
-            return
-        except RowpromptError as exc:
-            # Quota, credentials, an unknown model: the job stops, its rows wait for a resume.
-            if isinstance(exc, ProviderError):
-                _log(engine, members, tries, started, exc)
-            engine._fatal = engine._fatal or exc
-            engine._stop_now(immediate=False)
-            raise _Stop from None
-        finally:
-            engine._sending.discard(task)
-        _succeed(engine, members, tries, ticket, result, parts, sent, started)
-        return
+            parts[:] = vectors.split_vectors(result.completion.text, len(members))
+        except ValueError as exc:  # an answer that does not match the request
+            raise Transient(str(exc), code="bad_answer") from None
+
+    async def one_by_one(exc: Permanent, tries: int) -> bool:
+        # A group refused as a whole: ask each row alone, so only a bad input fails.
+        if len(members) == 1:
+            return False
+        await _isolate(engine, members, tries + 1)
+        return True
+
+    first = max(m.attempt for m in members)  # the group's tries count from its most-tried row
+    sent = await engine.ask(
+        group_body(members),
+        tokens,
+        0,
+        keys=tuple(m.key for m in members),
+        attempt=first,
+        log=lambda n, started, exc: _log(engine, members, n - first, started, exc),
+        fail=lambda exc: _fail(engine, members, exc),
+        check=check,
+        on_permanent=one_by_one,
+    )
+    if sent is not None:
+        tries = sent.attempt - first
+        _succeed(engine, members, tries, sent.ticket, sent.result, parts, sent.sent, sent.started)
 
 
 async def _isolate(engine: RealtimeEngine, members: list[Member], tried: int = 0) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from rowprompt.engine.budget import OVER_BUDGET
@@ -29,7 +30,7 @@ from rowprompt.errors import (
 )
 from rowprompt.jobs import VIA_CACHE, VIA_REALTIME, Completion, RowOutcome, RowState, request_hash
 from rowprompt.ledger import Ledger
-from rowprompt.providers.base import LimitsObservation, Provider
+from rowprompt.providers.base import CompletionResult, LimitsObservation, Provider
 
 __all__ = ["EngineStats", "RealtimeEngine", "backoff_delay"]
 
@@ -41,6 +42,20 @@ BACKOFF_CAP_S = 8.0
 STOP_GRACE_S = 10.0
 CLAIM_CHUNK = 64
 PROGRESS_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A request answered: what :meth:`RealtimeEngine.ask` hands back."""
+
+    result: CompletionResult
+    ticket: Ticket
+    attempt: int
+    """The attempt number the answer came on."""
+    sent: float
+    """``time.monotonic()`` when it left."""
+    started: float
+    """``time.time()`` when it left."""
 
 
 def _limits_of(exc: RateLimited) -> LimitsObservation | None:
@@ -330,6 +345,41 @@ class RealtimeEngine:
             self._end(RowOutcome(key, RowState.FAILED, VIA_REALTIME, error_code=OVER_BUDGET,
                                  error_message=ctx.budget.over_budget_message()))  # fmt: skip
             return
+        sent = await self.ask(
+            body,
+            reserve,
+            output_tokens,
+            keys=(key,),
+            attempt=attempt,
+            log=lambda n, started, exc: self._log_attempt(key, n, started, exc),
+            fail=lambda exc: self._fail(key, exc),
+        )
+        if sent is not None:
+            self._succeed(key, sent.attempt, rhash, sent.ticket, sent.result, sent.sent,
+                          sent.started)  # fmt: skip
+
+    async def ask(
+        self,
+        body: dict[str, Any],
+        reserve: int,
+        output_tokens: int,
+        *,
+        keys: tuple[str, ...],
+        attempt: int,
+        log: Callable[[int, float, ProviderError], None],
+        fail: Callable[[ProviderError], None],
+        check: Callable[[Any], None] | None = None,
+        on_permanent: Callable[[Permanent, int], Coroutine[Any, Any, bool]] | None = None,
+    ) -> Sent | None:
+        """Send one request for the rows ``keys`` until it is answered, or its rows end.
+
+        The one retry loop of real time: waits for the limiter, sends, and handles each kind
+        of error (429: every sender pauses, not counted as a try; transient: back off, counted
+        against ``--max-attempts`` from ``attempt``; permanent: ``on_permanent``, else the
+        rows fail; anything else stops the job). ``check`` may refuse an answer by raising
+        :class:`Transient`. None: the rows ended (``fail`` was called) or were handed on.
+        """
+        ctx = self.ctx
         task = asyncio.current_task()
         assert task is not None
         tries = 0  # failed attempts that count against --max-attempts
@@ -341,7 +391,7 @@ class RealtimeEngine:
             if self._stopping:
                 raise _Stop
             self._sending.add(task)
-            self._unsent.discard(key)
+            self._unsent.difference_update(keys)
             self.counts["requests"] += 1
             self.meter.sent(reserve)
             if tries or limited:
@@ -350,45 +400,47 @@ class RealtimeEngine:
             started = time.time()
             try:
                 result = await self.provider.complete(body, timeout=ctx.request_timeout)
+                if check is not None:
+                    check(result)
             except RateLimited as exc:
                 limited += 1
                 self.counts["429"] += 1
-                self._log_attempt(key, attempt + tries, started, exc)
+                log(attempt + tries, started, exc)
                 self.limiter.observe(ticket, _limits_of(exc))
                 pause = self.limiter.rate_limited(exc.retry_after, backoff_delay(limited))
                 self.window.rate_limited()
                 if limited > RATE_LIMIT_RETRIES:
-                    self._fail(key, exc)
-                    return
+                    fail(exc)
+                    return None
                 if limited == 1 or limited % 5 == 0:
                     ctx.say(f"429 rate limited: every sender waits {pause:.2f} s")
                 continue
             except Transient as exc:
                 tries += 1
                 self.counts["errors"] += 1
-                self._log_attempt(key, attempt + tries - 1, started, exc)
+                log(attempt + tries - 1, started, exc)
                 if attempt + tries > ctx.max_attempts:
-                    self._fail(key, exc)
-                    return
+                    fail(exc)
+                    return None
                 self._sending.discard(task)
                 await asyncio.sleep(backoff_delay(tries))
                 continue
             except Permanent as exc:
-                self._log_attempt(key, attempt + tries, started, exc)
-                self._fail(key, exc)
-                return
+                log(attempt + tries, started, exc)
+                if on_permanent is None or not await on_permanent(exc, tries):
+                    fail(exc)
+                return None
             except RowpromptError as exc:
                 # Quota, credentials, an unknown model: no other row will pass either. The
                 # job stops, this row and every other not ended go back to pending.
                 if isinstance(exc, ProviderError):
-                    self._log_attempt(key, attempt + tries, started, exc)
+                    log(attempt + tries, started, exc)
                 self._fatal = self._fatal or exc
                 self._stop_now(immediate=False)
                 raise _Stop from None
             finally:
                 self._sending.discard(task)
-            self._succeed(key, attempt + tries, rhash, ticket, result, sent, started)
-            return
+            return Sent(result, ticket, attempt + tries, sent, started)
 
     def _succeed(self, key: str, attempt: int, rhash: str, ticket: Ticket, result: Any,
                  sent: float, started: float) -> None:  # fmt: skip
