@@ -134,3 +134,31 @@ def test_the_sandbox_binds_loopback_and_warns_otherwise() -> None:
         assert exposure_warning(host) is None
     with pytest.warns(UserWarning, match="not loopback"):
         Sandbox(fast_config(), host="0.0.0.0")
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "key"),
+    [
+        ("anthropic", "claude-haiku-4-5", "ANTHROPIC_API_KEY"),
+        ("azure", "gpt-4o-mini", "AZURE_OPENAI_API_KEY"),
+        ("gemini", "gemini-2.5-flash", "GEMINI_API_KEY"),
+    ],
+)
+def test_other_providers_keys_are_found_nowhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, provider: str, model: str, key: str
+) -> None:
+    src, home = make_table(tmp_path / "in.csv", 6), tmp_path / "home"
+    monkeypatch.setenv(key, CANARY)
+    seen: list[str] = []
+    with Sandbox(fast_config()) as sb:
+        for mode in ("realtime", "batch"):
+            args = _canary_args(src, home, tmp_path / f"{mode}.csv", sb.url, mode)
+            args[args.index("openai")] = provider
+            result = CliRunner().invoke(main, [*args, "--model", model, "--no-cache"])
+            assert result.exit_code == 0, result.output
+            seen.append(result.output)
+        for command in (["jobs"], ["status", "--help"]):
+            seen.append(CliRunner().invoke(main, [*command, "--home", str(home)]).output)
+    assert [s for s in seen if CANARY in s] == []
+    assert _files_with(tmp_path, CANARY.encode()) == []
+    assert _files_with(tmp_path, CANARY[3:20].encode()) == []
