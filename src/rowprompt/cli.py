@@ -213,14 +213,33 @@ def run(
     if dry_run:
         _print_estimate(api.estimate(input_path, options=options, pilot=pilot))
         return
+    run_with_progress(api.run_job, input_path, options, yes=yes, quiet=quiet,
+                      confirm_over=confirm_over, no_report=no_report)  # fmt: skip
+
+
+def run_with_progress(
+    job: Callable[[str, RunOptions], api.Outcome],
+    input_path: str,
+    options: RunOptions,
+    *,
+    yes: bool,
+    quiet: bool,
+    confirm_over: float | None,
+    no_report: bool,
+    after: Callable[[api.Outcome], None] | None = None,
+) -> None:
+    """Confirm the spending (at a terminal), run ``job`` behind a progress view, say how it
+    ended (then ``after``), and write its report."""
     if not yes and sys.stdin.isatty() and sys.stdout.isatty():
         _confirm_spending(input_path, options, confirm_over)
     with ProgressView(quiet=quiet) as view:
         options.on_progress = view.update
         options.on_message = view.message
         options.on_stats = view.stats
-        outcome = api.run_job(input_path, options)
+        outcome = job(input_path, options)
     _print_outcome(outcome)
+    if after is not None:
+        after(outcome)
     if outcome.stopped:
         sys.exit(130)
     if not no_report and not outcome.detached:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,16 +9,13 @@ import click
 
 from rowprompt import api
 from rowprompt.cli import (
-    _confirm_spending,
     _money,
-    _print_outcome,
-    _write_report,
     one_line_errors,
+    run_with_progress,
 )
 from rowprompt.embeddings import embed_job, embed_options
 from rowprompt.estimator import BATCH_TURNAROUND
 from rowprompt.output import FLAT_FORMATS, npy_path
-from rowprompt.progress import ProgressView
 from rowprompt.runner import MODES
 
 
@@ -88,23 +84,17 @@ def embed_command(
     if dry_run:
         _print_embed_estimate(api.estimate(input_path, options=options))
         return
-    if not yes and sys.stdin.isatty() and sys.stdout.isatty():
-        _confirm_spending(input_path, options, confirm_over)
-    with ProgressView(quiet=quiet) as view:
-        options.on_progress = view.update
-        options.on_message = view.message
-        options.on_stats = view.stats
-        outcome = embed_job(input_path, options)
-    _print_outcome(outcome)
+    run_with_progress(embed_job, input_path, options, yes=yes, quiet=quiet,
+                      confirm_over=confirm_over, no_report=no_report,
+                      after=_say_where_vectors_are)  # fmt: skip
+
+
+def _say_where_vectors_are(outcome: api.Outcome) -> None:
     if outcome.output_path and Path(outcome.output_path).suffix.lower() in FLAT_FORMATS:
         click.echo(
             f"vectors: {npy_path(Path(outcome.output_path))} (float32, one row per table row;"
             " the table itself has no vector column)"
         )
-    if outcome.stopped:
-        sys.exit(130)
-    if not no_report and not outcome.detached:
-        _write_report(outcome.job_id, options.home)
 
 
 def _print_embed_estimate(e: api.Estimate) -> None:

@@ -26,7 +26,7 @@ from rowprompt import tokens, vectors
 
 from .errors import APIError, missing, wrong_type
 from .model import Rule, sandbox_model_name
-from .validation import _int_param, check_body_and_model, resolve_model
+from .validation import _int_param, check_body_and_model, check_params_and_model
 
 ENDPOINT = "/v1/embeddings"
 KNOWN_PARAMS = frozenset({"input", "model", "encoding_format", "dimensions", "user"})
@@ -98,16 +98,7 @@ def validate_embeddings(body: Any, models: Collection[str]) -> EmbeddingRequest:
     model = check_body_and_model(body)
     if "input" not in body:
         raise missing("input")
-    for name in body:
-        if name not in KNOWN_PARAMS:
-            raise APIError(400, f"Unrecognized request argument supplied: {name}", param=name)
-    base = resolve_model(model, models)
-    if base is None:
-        raise APIError(
-            404,
-            f"The model `{model}` does not exist or you do not have access to it.",
-            code="model_not_found",
-        )
+    base = check_params_and_model(body, KNOWN_PARAMS, model, models)
     native = vectors.native_dimensions(base)
     if native is None:
         raise APIError(403, "You are not allowed to generate embeddings from this model")

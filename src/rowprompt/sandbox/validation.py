@@ -383,14 +383,12 @@ def check_body_and_model(body: Any, *, missing_model: APIError | None = None) ->
     return model
 
 
-def validate_chat(body: Any, models: Collection[str]) -> ChatRequest:
-    """Check a chat completion body the way OpenAI does; raise :class:`APIError` if it fails."""
-    model = check_body_and_model(body)
-    if "messages" not in body:
-        raise missing("messages")
-    messages = _check_messages(body["messages"])
+def check_params_and_model(
+    body: dict[str, Any], known: Collection[str], model: str, models: Collection[str]
+) -> str:
+    """Unknown parameters refused, then the served model ``model`` names (404 if none)."""
     for name in body:
-        if name not in KNOWN_PARAMS:
+        if name not in known:
             raise APIError(400, f"Unrecognized request argument supplied: {name}", param=name)
     base = resolve_model(model, models)
     if base is None:
@@ -399,6 +397,16 @@ def validate_chat(body: Any, models: Collection[str]) -> ChatRequest:
             f"The model `{model}` does not exist or you do not have access to it.",
             code="model_not_found",
         )
+    return base
+
+
+def validate_chat(body: Any, models: Collection[str]) -> ChatRequest:
+    """Check a chat completion body the way OpenAI does; raise :class:`APIError` if it fails."""
+    model = check_body_and_model(body)
+    if "messages" not in body:
+        raise missing("messages")
+    messages = _check_messages(body["messages"])
+    base = check_params_and_model(body, KNOWN_PARAMS, model, models)
     if body.get("stream"):
         raise APIError(
             400,
