@@ -574,7 +574,12 @@ class Ledger:
                 "UPDATE rows SET state = ?, via = ?, answer = ?, refusal = ?, finish_reason = ?,"
                 " prompt_tokens = ?, completion_tokens = ?, cached_tokens = ?, cost_usd = ?,"
                 " error_code = ?, error_message = ?, updated_at = ? WHERE job_id = ? AND key = ?",
-                ((*_outcome_params(o, now), job_id, o.key) for o in outcomes),
+                # In key order: the rows' B-tree is then walked forward once instead of
+                # jumped about (batch output lines come in no particular order).
+                sorted(
+                    ((*_outcome_params(o, now), job_id, o.key) for o in outcomes),
+                    key=_last,
+                ),
             )
 
     def release_rows(
@@ -913,7 +918,8 @@ class Ledger:
             db.executemany(
                 "INSERT OR REPLACE INTO cache (request_hash, completion, model, created_at)"
                 " VALUES (?, ?, ?, ?)",
-                ((h, c.to_json(), c.model, now) for h, c in items),
+                # In hash order, for the same reason as record_outcomes: fewer pages touched.
+                sorted(((h, c.to_json(), c.model, now) for h, c in items), key=_first),
             )
 
 
@@ -925,6 +931,14 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _first(item: tuple[Any, ...]) -> Any:
+    return item[0]
+
+
+def _last(item: tuple[Any, ...]) -> Any:
+    return item[-1]
 
 
 def _outcome_params(o: RowOutcome, now: float) -> tuple[Any, ...]:

@@ -46,7 +46,7 @@ PERMANENT_BATCH_CODES = frozenset({"model_not_found"})
 CREATING = "creating"
 WAITING = "waiting"
 # Rows written to the ledger per transaction while collecting.
-_FLUSH_ROWS = 2000
+_FLUSH_ROWS = 20_000
 # How often the loop looks at the queue again when it waits for room and polls nothing.
 _QUEUE_RECHECK_S = 5.0
 DEFAULT_STRAGGLER_ROWS = 1000
