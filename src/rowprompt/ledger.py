@@ -569,17 +569,17 @@ class Ledger:
     def record_outcomes(self, job_id: str, outcomes: Sequence[RowOutcome]) -> None:
         """Write rows that ended (done or failed) with their answers, usage and errors."""
         now = time.time()
+        # In key order: the rows' B-tree is then walked forward once instead of
+        # jumped about (batch output lines come in no particular order).
+        params: list[tuple[Any, ...]] = sorted(
+            ((*_outcome_params(o, now), job_id, o.key) for o in outcomes), key=_last
+        )
         with self.transaction() as db:
             db.executemany(
                 "UPDATE rows SET state = ?, via = ?, answer = ?, refusal = ?, finish_reason = ?,"
                 " prompt_tokens = ?, completion_tokens = ?, cached_tokens = ?, cost_usd = ?,"
                 " error_code = ?, error_message = ?, updated_at = ? WHERE job_id = ? AND key = ?",
-                # In key order: the rows' B-tree is then walked forward once instead of
-                # jumped about (batch output lines come in no particular order).
-                sorted(
-                    ((*_outcome_params(o, now), job_id, o.key) for o in outcomes),
-                    key=_last,
-                ),
+                params,
             )
 
     def release_rows(
@@ -914,12 +914,15 @@ class Ledger:
     def cache_many(self, items: Iterable[tuple[str, Completion]]) -> None:
         """Remember completions by request hash."""
         now = time.time()
+        # In hash order, for the same reason as record_outcomes: fewer pages touched.
+        params: list[tuple[Any, ...]] = sorted(
+            ((h, c.to_json(), c.model, now) for h, c in items), key=_first
+        )
         with self.transaction() as db:
             db.executemany(
                 "INSERT OR REPLACE INTO cache (request_hash, completion, model, created_at)"
                 " VALUES (?, ?, ?, ?)",
-                # In hash order, for the same reason as record_outcomes: fewer pages touched.
-                sorted(((h, c.to_json(), c.model, now) for h, c in items), key=_first),
+                params,
             )
 
 
