@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from openai import OpenAI
+from openai import InternalServerError, OpenAI
 from openai.types import Batch
 
 from rowprompt.sandbox import Sandbox, SandboxConfig
@@ -114,3 +114,18 @@ def read_lines(client: OpenAI, file_id: str | None) -> list[dict[str, Any]]:
         return []
     text = client.files.content(file_id).text
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def fault_sequence(sb: Sandbox, count: int = 30) -> list[int]:
+    """Statuses of ``count`` sequential chat requests (200, or the 5xx of a fault)."""
+    client = client_for(sb)
+    statuses = []
+    for i in range(count):
+        try:
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": f"row {i}"}]
+            )
+            statuses.append(200)
+        except InternalServerError as exc:
+            statuses.append(exc.status_code)
+    return statuses

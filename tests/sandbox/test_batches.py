@@ -10,9 +10,17 @@ import pytest
 from openai import BadRequestError, NotFoundError
 from openai.types import Batch
 
-from rowprompt.sandbox import Sandbox, expected_answer
+from rowprompt.sandbox import Sandbox, batch_lines, expected_answer
 
-from .conftest import chat_line, client_for, read_lines, submit, wait_batch, wait_until
+from .conftest import (
+    chat_line,
+    client_for,
+    read_lines,
+    submit,
+    to_jsonl,
+    wait_batch,
+    wait_until,
+)
 
 MakeSandbox = Callable[..., Sandbox]
 
@@ -278,3 +286,74 @@ def test_list_pagination(make_sandbox: MakeSandbox) -> None:
     assert [b.id for b in after.data] == ids[1::-1] and not after.has_more
     for batch_id in ids:
         wait_batch(client, batch_id)
+
+
+def test_a_line_with_a_bad_schema_fails_alone(make_sandbox: MakeSandbox) -> None:
+    sb = make_sandbox()
+    client = client_for(sb)
+    bad = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "wat"}}}
+    lines = [chat_line("r0", "x"), chat_line("r1", "x", response_format=bad), chat_line("r2", "x")]
+    batch = wait_batch(client, submit(client, lines).id)
+    assert batch.status == "completed"
+    assert batch.request_counts is not None
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (2, 1)
+    [error] = read_lines(client, batch.error_file_id)
+    assert error["custom_id"] == "r1"
+    assert error["response"]["status_code"] == 400
+    assert error["response"]["body"]["error"]["code"] == "invalid_json_schema"
+    assert {line["custom_id"] for line in read_lines(client, batch.output_file_id)} == {"r0", "r2"}
+
+
+def test_a_line_that_crashes_the_sandbox_is_a_500_line(
+    make_sandbox: MakeSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug (simulated) while answering one line: that line gets OpenAI's 500 body, the
+    others are answered and the batch completes."""
+    handler = batch_lines.HANDLERS["/v1/chat/completions"]
+
+    def crashing(body: Any, *args: Any) -> Any:
+        if body["messages"][0]["content"] == "crash":
+            raise RuntimeError("simulated bug")
+        return handler(body, *args)
+
+    monkeypatch.setitem(batch_lines.HANDLERS, "/v1/chat/completions", crashing)
+    sb = make_sandbox()
+    client = client_for(sb)
+    lines = [chat_line("r0", "x"), chat_line("r1", "crash"), chat_line("r2", "y")]
+    batch = wait_batch(client, submit(client, lines).id)
+    assert batch.status == "completed"
+    [error] = read_lines(client, batch.error_file_id)
+    assert error["custom_id"] == "r1"
+    assert error["response"]["status_code"] == 500
+    assert error["response"]["body"]["error"]["type"] == "server_error"
+    assert len(read_lines(client, batch.output_file_id)) == 2
+
+
+def test_a_worker_crash_fails_the_batch_with_a_reason(
+    make_sandbox: MakeSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug (simulated) in the batch worker itself: the batch ends ``failed`` and says why,
+    rather than staying ``in_progress`` for ever; its enqueued tokens are released."""
+    sb = make_sandbox(batch_finalizing_seconds=0.01)
+    client = client_for(sb)
+    uploaded = client.files.create(
+        file=("in.jsonl", to_jsonl([chat_line("r0", "x", max_tokens=5)])), purpose="batch"
+    )
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(sb.state.files, "add", broken)  # writing the result files fails
+    created = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    batch = wait_batch(client, created.id, timeout=5)
+    assert batch.status == "failed"
+    assert batch.failed_at is not None
+    assert batch.errors is not None and batch.errors.data
+    assert batch.errors.data[0].code == "server_error"
+    assert "internal error (RuntimeError)" in (batch.errors.data[0].message or "")
+    stats = sb.stats()
+    assert stats["batches_by_final_state"] == {"failed": 1}
+    assert stats["internal_errors"] == 1
+    assert stats["enqueued_tokens"]["gpt-4o-mini"] == 0

@@ -15,7 +15,7 @@ from openai import (
 
 from rowprompt.sandbox import FaultConfig, Sandbox
 
-from .conftest import chat_line, client_for, read_lines, submit, wait_batch
+from .conftest import chat_line, client_for, fault_sequence, read_lines, submit, wait_batch
 
 MakeSandbox = Callable[..., Sandbox]
 MESSAGES = [{"role": "user", "content": "Label this."}]
@@ -126,3 +126,14 @@ def test_output_file_with_missing_lines(make_sandbox: MakeSandbox) -> None:
     assert len(read_lines(client, batch.output_file_id)) == 7
     assert batch.error_file_id is None
     assert sb.stats()["faults"] == {"output_missing_lines": 3}
+
+
+def test_same_seed_same_faults(make_sandbox: MakeSandbox) -> None:
+    """A fault campaign replays: the same seed gives the same faults on the same requests."""
+    faults = FaultConfig(error_rate=0.3)
+    first = fault_sequence(make_sandbox(seed=5, faults=faults))
+    again = fault_sequence(make_sandbox(seed=5, faults=faults))
+    other = fault_sequence(make_sandbox(seed=6, faults=faults))
+    assert first == again
+    assert 200 in first and {500, 503} & set(first)
+    assert other != first

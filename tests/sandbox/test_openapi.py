@@ -24,7 +24,15 @@ from referencing.jsonschema import DRAFT202012
 
 from rowprompt.sandbox import FaultConfig, Sandbox
 
-from .conftest import chat_line, client_for, read_lines, submit, wait_batch, wait_until
+from .conftest import (
+    chat_line,
+    client_for,
+    read_lines,
+    submit,
+    to_jsonl,
+    wait_batch,
+    wait_until,
+)
 
 SUBSET = Path(__file__).resolve().parents[1] / "data" / "openai-openapi-subset.json"
 BASE = "urn:openai-openapi-subset"
@@ -148,6 +156,12 @@ def test_error_bodies(sandbox: Sandbox, check: Callable[[str, Any], None]) -> No
         httpx2.get(f"{url}/nowhere", headers=headers),
         httpx2.get(f"{url}/models"),
         httpx2.post(f"{url}/batches", json={}, headers=headers),
+        httpx2.post(f"{url}/chat/completions", json={"model": "gpt-4o-mini", "messages": [
+            {"role": "user", "content": "x"}], "response_format": {"type": "json_schema",
+            "json_schema": {"name": "s", "schema": {"type": "array", "minItems": 2,
+            "maxItems": 1}}}}, headers=headers),
+        httpx2.post(f"{url}/chat/completions", json={"model": "gpt-4o-mini", "messages": [
+            {"role": "user", "content": "x"}], "max_tokens": 10**6}, headers=headers),
     ]  # fmt: skip
     for answer in answers:
         assert 400 <= answer.status_code < 500
@@ -201,7 +215,13 @@ def test_batches_in_every_state(make_sandbox: Any, check: Callable[[str, Any], N
         return body
 
     lines = [chat_line(f"r{i}", "fail" if i == 3 else f"row {i}") for i in range(20)]
-    running = submit(client, lines, metadata={"k": "v"})
+    uploaded = client.files.create(file=("in.jsonl", to_jsonl(lines)), purpose="batch")
+    created = _json(client.batches.with_raw_response.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+        metadata={"k": "v"},
+    ))  # fmt: skip
+    bodies.append(created)  # the create answer itself, not only later retrieves
+    running = Batch.model_validate(created)
     assert grab(running.id)["status"] == "validating"
     wait_until(lambda: grab(running.id)["status"] == "in_progress")
     wait_until(lambda: grab(running.id)["status"] in ("finalizing", "completed"))
@@ -209,7 +229,9 @@ def test_batches_in_every_state(make_sandbox: Any, check: Callable[[str, Any], N
     grab(done.id)
     failed = wait_batch(client, submit(client, ["{oops"]).id)
     grab(failed.id)
-    cancelling = client.batches.cancel(submit(client, lines).id)
+    cancelled = _json(client.batches.with_raw_response.cancel(submit(client, lines).id))
+    bodies.append(cancelled)  # the cancel answer itself
+    cancelling = Batch.model_validate(cancelled)
     assert cancelling.status == "cancelling"
     grab(cancelling.id)
     grab(wait_batch(client, cancelling.id).id)

@@ -145,7 +145,7 @@ async def create_message(state: SandboxState, request: Request) -> Response:
         if fault == "slow":
             state.stats.count_fault("slow")
             await asyncio.sleep(state.config.faults.slow_seconds)
-        delay = state.faults.latency(state.config.latency_ms, state.config.latency_jitter_ms)
+        delay = state.latency.seconds()
         if delay > 0:
             await asyncio.sleep(delay)
         answer = message_body(req, state.config.seed, state.rules, prompt)

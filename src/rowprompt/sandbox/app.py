@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -18,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from . import anthropic_face, azure_face, gemini_face
 from .anthropic_model import AnthropicError
@@ -37,6 +39,7 @@ Send = Callable[[Message], Awaitable[None]]
 _ID_PARTS = re.compile(r"/(file-[A-Za-z0-9]+|batch_[A-Za-z0-9]+|msgbatch_[A-Za-z0-9]+)")
 _MODEL_PART = re.compile(r"^/v1/models/.+")
 _CREATED = 1_700_000_000
+_log = logging.getLogger("rowprompt.sandbox")
 NO_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization "
     "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field "
@@ -69,8 +72,14 @@ def endpoint_name(method: str, path: str) -> str:
     return f"{method} {path}"
 
 
+# What a server that does not announce its limits leaves out (``rate_limit_headers=False``):
+# OpenAI's and Anthropic's limit headers. retry-after stays: such servers still say when.
+_LIMIT_HEADER_PREFIXES = (b"x-ratelimit-", b"anthropic-ratelimit-")
+
+
 class SandboxASGI:
-    """Outer ASGI layer: stats by endpoint/status, the API-key check, dropped connections."""
+    """Outer ASGI layer: stats by endpoint/status, the API-key check, dropped connections,
+    downloads cut short."""
 
     def __init__(self, app: Any, state: SandboxState) -> None:
         self.app = app
@@ -114,14 +123,45 @@ class SandboxASGI:
                     _abort(send)
                     return
                 marker["status"] = message["status"]
+                if not self.state.config.rate_limit_headers:
+                    message["headers"] = [
+                        (name, value)
+                        for name, value in message.get("headers", [])
+                        if not name.lower().startswith(_LIMIT_HEADER_PREFIXES)
+                    ]
                 if not counted:
                     counted = True
                     self.state.stats.count_request(endpoint, message["status"])
             if marker["drop"]:
                 return
+            if message["type"] == "http.response.body" and marker.get("cut") is not None:
+                keep = marker.pop("cut")
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": message["body"][:keep],
+                        "more_body": True,
+                    }
+                )
+                marker["drop"] = True
+                _close(send)
+                return
             await send(message)
 
-        await self.app(scope, receive, tracking_send)
+        try:
+            await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            pass  # the client left while its body was read: nobody to answer
+        except Exception as exc:
+            # Starlette has answered 500 (unless the answer had begun), then re-raises so the
+            # server would print a traceback: one log line instead, and the count of bugs.
+            _log.error("%s failed: %s: %s", endpoint, type(exc).__name__, exc)
+            self.state.stats.count_internal_error()
+            if not counted and not marker["drop"]:
+                counted = True
+                self.state.stats.count_request(endpoint, 500)
+                with contextlib.suppress(Exception):
+                    await _send_json(send, 500, server_error(500).body())
         if path.startswith("/sandbox/"):
             return
         if marker["drop"]:
@@ -152,6 +192,14 @@ def _abort(send: Send) -> None:
     if transport is None:
         raise ConnectionAbortedError("dropped connection (fault injection)")
     transport.abort()
+
+
+def _close(send: Send) -> None:
+    """Close the client's connection once what was sent has left: a body cut short."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None:
+        raise ConnectionAbortedError("download cut (fault injection)")
+    transport.close()
 
 
 async def _send_json(send: Send, status: int, body: Any) -> None:
@@ -196,7 +244,7 @@ async def _json_body(request: Request) -> Any:
     raw = await request.body()
     try:
         return json.loads(raw) if raw else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
         raise APIError(
             400,
             "We could not parse the JSON body of your request. (HINT: This likely means you "
@@ -283,8 +331,20 @@ def build_app(state: SandboxState) -> SandboxASGI:
         return json_response(state.files.get(file_id).to_dict())
 
     @app.get("/v1/files/{file_id}/content")
-    async def file_content(file_id: str) -> Response:
-        return Response(state.files.get(file_id).content, media_type="application/octet-stream")
+    async def file_content(file_id: str, request: Request) -> Response:
+        stored = state.files.get(file_id)
+        content = stored.content
+        keep = state.faults.cut_download(len(content)) if stored.purpose == "batch_output" else None
+        if keep is not None:
+            state.stats.count_fault("download_cut")
+            # Lines that do not arrive whole: what a client that cannot read again would lose.
+            state.stats.count_fault("download_cut_lines", content[keep:].count(b"\n"))
+            if state.config.faults.download_cut_style == "short":
+                content = content[:keep]
+            else:
+                # The whole length is announced, then SandboxASGI stops after ``keep`` bytes.
+                request.scope["rowprompt"]["cut"] = keep
+        return Response(content, media_type="application/octet-stream")
 
     @app.delete("/v1/files/{file_id}")
     async def delete_file(file_id: str) -> Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 _CHUNK = 500
 _TICK = 0.02
+_log = logging.getLogger("rowprompt.sandbox")
 
 
 @dataclass
@@ -312,6 +314,19 @@ class BatchManager:
     async def _run(self, record: BatchRecord, content: bytes) -> None:
         try:
             await self._lifecycle(record, content)
+        except Exception as exc:
+            # A sandbox bug: the batch fails and says why, rather than staying active forever.
+            _log.error("batch %s failed: %s: %s", record.id, type(exc).__name__, exc)
+            self.state.stats.count_internal_error()
+            if record.status not in TERMINAL:
+                record.errors = [
+                    batch_error(
+                        "server_error",
+                        "The batch could not be processed: the rowprompt sandbox hit an "
+                        f"internal error ({type(exc).__name__}).",
+                    )
+                ]
+                self._move(record, "failed")
         finally:
             if record.enqueued and record.base_model is not None:
                 self._enqueue(record.base_model, -record.enqueued)
@@ -439,7 +454,8 @@ class BatchManager:
     async def _write_files(
         self, record: BatchRecord, results: list[LineResult], extra_errors: list[dict[str, Any]]
     ) -> None:
-        """Output and error files, lines shuffled; missing lines where the fault says so."""
+        """Output and error files, lines shuffled; missing or truncated lines where the
+        faults say so."""
         state = self.state
         rng = random.Random(f"{state.config.seed}:{record.seq}")
         good = [r.record for r in results if r.status_code == 200]
@@ -450,9 +466,12 @@ class BatchManager:
             good = [line for i, line in enumerate(good) if i not in dropped]
         rng.shuffle(good)
         rng.shuffle(bad)
+        cut = state.faults.truncate_output_lines(len(good))
+        if cut:
+            state.stats.count_fault("output_truncated_lines", len(cut))
         ttl = record.output_ttl or DEFAULT_BATCH_FILE_TTL
         if good or (results and record.completed):
-            data = await asyncio.to_thread(to_jsonl, good)
+            data = await asyncio.to_thread(to_jsonl, good, cut)
             stored = state.files.add(f"{record.id}_output.jsonl", "batch_output", data, ttl)
             record.output_file_id = stored.id
         if bad:

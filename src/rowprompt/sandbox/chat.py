@@ -138,7 +138,7 @@ async def admit(
     if fault == "slow":
         state.stats.count_fault("slow")
         await asyncio.sleep(state.config.faults.slow_seconds)
-    delay = state.faults.latency(state.config.latency_ms, state.config.latency_jitter_ms)
+    delay = state.latency.seconds()
     if delay > 0:
         await asyncio.sleep(delay)
     return True

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from .config import FaultConfig, SandboxConfig
 
@@ -17,7 +18,14 @@ from .config import FaultConfig, SandboxConfig
 @click.option("--rpm", type=click.IntRange(min=1), help="Requests per minute per model.")
 @click.option("--tpm", type=click.IntRange(min=1), help="Tokens per minute per model.")
 @click.option("--latency-ms", default=0.0, show_default=True, type=float)
-@click.option("--latency-jitter-ms", default=0.0, show_default=True, type=float)
+@click.option("--latency-jitter-ms", default=0.0, show_default=True, type=float,
+              help="Standard deviation of a normal latency.")  # fmt: skip
+@click.option("--latency-distribution", type=click.Choice(["normal", "lognormal"]),
+              help="normal (mean --latency-ms, sd --latency-jitter-ms) or lognormal (median "
+                   "--latency-ms, p95 --latency-p95-ms); lognormal when --latency-p95-ms is "
+                   "given.")  # fmt: skip
+@click.option("--latency-p95-ms", type=click.FloatRange(min=0, min_open=True),
+              help="95th percentile of a lognormal latency: its long tail.")  # fmt: skip
 @click.option("--rules", "rules_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Scripted answers: a JSON or YAML rule list.")  # fmt: skip
 @click.option("--models", default=None, help="Comma-separated model names to serve.")
@@ -47,6 +55,9 @@ from .config import FaultConfig, SandboxConfig
               help="Fraction of succeeded lines missing from output files.")  # fmt: skip
 @click.option("--quota-exhausted-after", type=click.IntRange(min=0),
               help="After N chat requests, 429 insufficient_quota.")  # fmt: skip
+@click.option("--rate-limit-headers/--no-rate-limit-headers", default=True, show_default=True,
+              help="Announce the limits in x-ratelimit-* headers (off: enforce them "
+                   "silently, as many OpenAI-compatible servers do).")  # fmt: skip
 @click.option("--token-accounting", type=click.Choice(["openai", "anthropic"]),
               default="openai", show_default=True,
               help="TPM keeps max_tokens (openai) or refunds unused output.")  # fmt: skip
@@ -58,6 +69,8 @@ def sandbox_command(
     tpm: int | None,
     latency_ms: float,
     latency_jitter_ms: float,
+    latency_distribution: str | None,
+    latency_p95_ms: float | None,
     rules_file: Path | None,
     models: str | None,
     batch_rows_per_second: float,
@@ -77,6 +90,7 @@ def sandbox_command(
     batch_expire_rate: float,
     output_drop_rate: float,
     quota_exhausted_after: int | None,
+    rate_limit_headers: bool,
     token_accounting: str,
 ) -> None:
     """Serve an offline OpenAI-compatible API (chat, files, batches) with limits and faults."""
@@ -100,6 +114,9 @@ def sandbox_command(
         "tpm": tpm,
         "latency_ms": latency_ms,
         "latency_jitter_ms": latency_jitter_ms,
+        "latency_distribution": latency_distribution
+        or ("lognormal" if latency_p95_ms is not None else "normal"),
+        "latency_p95_ms": latency_p95_ms,
         "rules_file": rules_file,
         "batch_rows_per_second": batch_rows_per_second,
         "batch_validating_seconds": batch_validating_seconds,
@@ -109,6 +126,7 @@ def sandbox_command(
         "max_batch_bytes": max_batch_bytes,
         "enqueued_token_limit": batch_token_limit,
         "faults": faults,
+        "rate_limit_headers": rate_limit_headers,
         "token_accounting": token_accounting,
     }
     if models is not None:
@@ -118,6 +136,11 @@ def sandbox_command(
         from .state import SandboxState
 
         SandboxState(config)  # load the rules now, so a bad file is a clean error
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise click.UsageError(f"{where}: {message}" if where else message) from None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     from .server import exposure_warning

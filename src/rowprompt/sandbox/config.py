@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_MODELS: tuple[str, ...] = (
     "gpt-4o-mini",
@@ -49,7 +49,18 @@ class FaultConfig(BaseModel):
     batch_expire_nth: list[int] = Field(default_factory=list)
     """Batches that expire once half their requests are done."""
     output_drop_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    """Fraction of succeeded lines left out of output files (a truncated file)."""
+    """Fraction of succeeded lines left out of output files."""
+    output_truncate_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Fraction of succeeded lines of output files cut mid-JSON (the line's first half, then
+    its newline): billed by the provider, unreadable by the client."""
+    download_cut_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    download_cut_nth: list[int] = Field(default_factory=list)
+    """1-based positions, counted in downloads of batch output and error files after the
+    faults are set, that stop partway through the file (mid-line)."""
+    download_cut_style: Literal["drop", "short"] = "drop"
+    """How a cut download ends: ``drop`` closes the connection before the announced length
+    arrived (the client sees a broken transfer); ``short`` answers a shorter file, cleanly,
+    as if the provider's file itself ended early."""
     quota_exhausted_after: int | None = Field(default=None, ge=0)
     """After this many chat requests (counted from when set), every one gets a 429
     ``insufficient_quota``: the account ran out of credit."""
@@ -64,7 +75,13 @@ class SandboxConfig(BaseModel):
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
     latency_ms: float = Field(default=0.0, ge=0.0)
+    """Latency added to each real-time answer: the mean (``normal``) or median (``lognormal``)."""
     latency_jitter_ms: float = Field(default=0.0, ge=0.0)
+    """Standard deviation of the ``normal`` latency (cut at 0)."""
+    latency_distribution: Literal["normal", "lognormal"] = "normal"
+    """``lognormal`` has the long tail real providers show: median ``latency_ms``, 95th
+    percentile ``latency_p95_ms``."""
+    latency_p95_ms: float | None = Field(default=None, gt=0.0)
     batch_rows_per_second: float = Field(default=1000.0, gt=0.0)
     batch_validating_seconds: float = Field(default=0.2, ge=0.0)
     batch_finalizing_seconds: float = Field(default=0.2, ge=0.0)
@@ -78,6 +95,10 @@ class SandboxConfig(BaseModel):
     rules_file: Path | None = None
     models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS))
     faults: FaultConfig = Field(default_factory=lambda: FaultConfig())
+    rate_limit_headers: bool = True
+    """Send ``x-ratelimit-*`` (and ``anthropic-ratelimit-*``) headers. False plays a server
+    that enforces limits without announcing them (many OpenAI-compatible servers): a client
+    must learn the limit from its 429s."""
     token_accounting: Literal["openai", "anthropic"] = "openai"
     """How the tokens-per-minute bucket counts: ``openai`` keeps prompt + max_tokens × n;
     ``anthropic`` gives back the unused part of max_tokens when the answer is done."""
@@ -91,6 +112,19 @@ class SandboxConfig(BaseModel):
 
         parse_rules(value)
         return value
+
+    @model_validator(mode="after")
+    def _latency_shape(self) -> SandboxConfig:
+        if self.latency_distribution == "lognormal":
+            p95 = self.latency_p95_ms
+            if self.latency_ms <= 0 or p95 is None or p95 <= self.latency_ms:
+                raise ValueError(
+                    "a lognormal latency needs latency_ms (the median) above 0 and "
+                    "latency_p95_ms above latency_ms"
+                )
+        elif self.latency_p95_ms is not None:
+            raise ValueError("latency_p95_ms needs latency_distribution 'lognormal'")
+        return self
 
     @field_validator("models")
     @classmethod

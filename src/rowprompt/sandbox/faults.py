@@ -21,6 +21,7 @@ class FaultInjector:
         self._storm_until = 0.0
         self._batches_seen = 0
         self._chats_seen = 0
+        self._downloads_seen = 0
         self.replace(config)
 
     def replace(self, config: FaultConfig) -> None:
@@ -31,6 +32,7 @@ class FaultInjector:
             self._storm_until = time.monotonic() + config.rate_limit_storm_seconds
             self._batches_seen = 0
             self._chats_seen = 0
+            self._downloads_seen = 0
 
     def _draw(self, rate: float) -> bool:
         return rate > 0 and self._rng.random() < rate
@@ -81,24 +83,38 @@ class FaultInjector:
                 return "expire"
             return None
 
+    def _pick_lines(self, rate: float, count: int) -> set[int]:
+        # The expected fraction, rounded at random: a one-line batch (a retry) loses its
+        # line with probability ``rate``, not always, or a row could never come back.
+        if rate <= 0 or count == 0:
+            return set()
+        exact = count * rate
+        picked = math.floor(exact)
+        if exact - picked > 1e-9 and self._rng.random() < exact - picked:
+            picked += 1
+        return set(self._rng.sample(range(count), min(count, picked)))
+
     def drop_output_lines(self, count: int) -> set[int]:
         """Indexes of succeeded output lines to leave out of the output file."""
         with self._lock:
-            rate = self.config.output_drop_rate
-            if rate <= 0 or count == 0:
-                return set()
-            # The expected fraction, rounded at random: a one-line batch (a retry) loses its
-            # line with probability ``rate``, not always, or a row could never come back.
-            exact = count * rate
-            drop = math.floor(exact)
-            if exact - drop > 1e-9 and self._rng.random() < exact - drop:
-                drop += 1
-            return set(self._rng.sample(range(count), min(count, drop)))
+            return self._pick_lines(self.config.output_drop_rate, count)
 
-    def latency(self, mean_ms: float, jitter_ms: float) -> float:
-        """Seconds of simulated latency: normal around the mean, never negative."""
-        if mean_ms <= 0 and jitter_ms <= 0:
-            return 0.0
+    def truncate_output_lines(self, count: int) -> set[int]:
+        """Indexes of succeeded output lines to cut mid-JSON in the output file."""
         with self._lock:
-            value = self._rng.gauss(mean_ms, jitter_ms) if jitter_ms > 0 else mean_ms
-        return max(0.0, value) / 1000.0
+            return self._pick_lines(self.config.output_truncate_rate, count)
+
+    def cut_download(self, size: int) -> int | None:
+        """Bytes of a ``size``-byte batch result file to serve before the download stops;
+        None to serve it whole."""
+        with self._lock:
+            cfg = self.config
+            self._downloads_seen += 1
+            if size < 2:
+                return None
+            if self._downloads_seen not in cfg.download_cut_nth and not self._draw(
+                cfg.download_cut_rate
+            ):
+                return None
+            # Somewhere in the middle half: earlier lines arrive whole, the cut lands mid-line.
+            return self._rng.randint(max(1, size // 4), max(1, (3 * size) // 4))

@@ -26,6 +26,8 @@ from .validation import SANDBOX_SUFFIX, ChatRequest, validate_chat
 
 SYSTEM_FINGERPRINT = "fp_rowprompt_sandbox"
 _GROUP_REF = re.compile(r"\\(\d+)|\{(\d+)\}")
+ANSWER_MAX_ITEMS = 10
+_DATA_KEYS = frozenset({"const", "enum", "default", "examples"})  # values, not schemas
 
 
 @dataclass(frozen=True)
@@ -119,12 +121,40 @@ def _digest(req: ChatRequest, seed: int, index: int) -> bytes:
     return hashlib.sha256(raw.encode()).digest()
 
 
+def _few_items(schema: Any) -> Any:
+    """``schema`` with every ``maxItems`` above :data:`ANSWER_MAX_ITEMS` lowered to it (or to
+    ``minItems``): an answer holds a few items, and nested ``maxItems: 1000000`` would
+    otherwise build an instance too large to send. The instance still fits ``schema``."""
+    if isinstance(schema, list):
+        return [_few_items(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: v if k in _DATA_KEYS else _few_items(v) for k, v in schema.items()}
+    most, least = schema.get("maxItems"), schema.get("minItems")
+    if isinstance(most, int) and not isinstance(most, bool) and most > ANSWER_MAX_ITEMS:
+        floor = least if isinstance(least, int) and not isinstance(least, bool) else 0
+        out["maxItems"] = max(ANSWER_MAX_ITEMS, floor)
+    return out
+
+
 def _default_content(req: ChatRequest, seed: int, index: int) -> str:
     rng = random.Random(_digest(req, seed, index))
     fmt = (req.response_format or {}).get("type")
     if fmt == "json_schema":
-        schema = (req.response_format or {}).get("json_schema", {}).get("schema", {})
-        return json.dumps(instance(schema, rng), ensure_ascii=False)
+        spec = (req.response_format or {}).get("json_schema", {})
+        schema = spec.get("schema", {})
+        try:
+            return json.dumps(instance(_few_items(schema), rng), ensure_ascii=False)
+        except Exception as exc:
+            # Validation let through a schema the generator cannot serve: the caller's
+            # mistake as far as it can tell, so a 400 rather than a 500.
+            raise APIError(
+                400,
+                f"Invalid schema for response_format '{spec.get('name')}': no instance of it "
+                f"could be built ({type(exc).__name__}: {str(exc)[:200]}).",
+                param="response_format",
+                code="invalid_json_schema",
+            ) from None
     text = words(rng, rng.randint(3, 8)).capitalize() + "."
     if req.last_user_images:  # the answer names what it "saw": each row's own image
         text = f"{' '.join(req.last_user_images)} {text}"

@@ -219,6 +219,8 @@ def _as_responses_error(exc: APIError, offset: int) -> APIError:
     elif param is not None:
         new = _renamed(param, offset)
         message = message.replace(f"'{param}'", f"'{new}'")
+        if message.startswith(f"{param} "):  # "max_completion_tokens is too large: ..."
+            message = new + message[len(param) :]
         param = new
     for old, new in _RENAMED:
         message = message.replace(f"'{old}'", f"'{new}'")
@@ -264,7 +266,10 @@ def response_object(
     req: ResponsesRequest, seed: int, rules: Sequence[Rule], prompt_tokens: int | None = None
 ) -> dict[str, Any]:
     """The ``Response`` the sandbox answers ``req`` with (``status`` incomplete when cut)."""
-    chat = completion(req.chat, seed, rules, prompt_tokens)
+    try:
+        chat = completion(req.chat, seed, rules, prompt_tokens)
+    except APIError as exc:
+        raise _as_responses_error(exc, 0) from None
     choice = chat["choices"][0]
     message = choice["message"]
     cut = choice["finish_reason"] == "length"

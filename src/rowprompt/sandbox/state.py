@@ -10,6 +10,7 @@ from .batches import BatchManager
 from .config import FaultConfig, SandboxConfig
 from .faults import FaultInjector
 from .files import FileStore
+from .latency import Latency
 from .limits import RateLimiter
 from .model import Rule, as_rules, parse_rules
 from .stats import Stats
@@ -27,6 +28,7 @@ class SandboxState:
         self.models = frozenset(config.models)
         self.stats = Stats(config.request_log_limit)
         self.faults = FaultInjector(config.faults, config.seed)
+        self.latency = Latency(config)
         self.limiter = RateLimiter(config.rpm, config.tpm)
         self.files = FileStore()
         self.batches = BatchManager(self)

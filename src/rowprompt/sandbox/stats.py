@@ -34,6 +34,7 @@ class Stats:
             self.peak_enqueued: dict[str, int] = dict(getattr(self, "enqueued", {}))
             self.enqueued: dict[str, int] = dict(getattr(self, "enqueued", {}))
             self.batches_final: Counter[str] = Counter()
+            self.internal_errors = 0
             self.batches_created = 0
             self.batch_lines: defaultdict[str, int] = defaultdict(int)
             self.batch_lines_total: Counter[str] = Counter()
@@ -69,6 +70,11 @@ class Stats:
         """Faults served, by kind."""
         with self._lock:
             self.faults[kind] += amount
+
+    def count_internal_error(self) -> None:
+        """One error of the sandbox itself (a bug): a 500 no fault asked for, a batch failed."""
+        with self._lock:
+            self.internal_errors += 1
 
     def log_request(self, entry: dict[str, Any]) -> None:
         """One chat completion request, as ``GET /sandbox/requests`` lists it."""
@@ -136,6 +142,7 @@ class Stats:
                 "rate_limited_total": sum(self.rate_limited.values()),
                 "rate_limited": dict(self.rate_limited),
                 "faults": dict(self.faults),
+                "internal_errors": self.internal_errors,
                 "tokens_per_second": series,
                 "tokens_per_minute": minutes,
                 "enqueued_tokens": dict(self.enqueued),

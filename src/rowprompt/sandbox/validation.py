@@ -5,11 +5,15 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import re
-from collections.abc import Collection
+import warnings
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any
+from functools import cached_property, lru_cache
+from typing import Any, TypeGuard
+
+import jsonschema
 
 from rowprompt import images
 
@@ -43,6 +47,19 @@ IMAGE_FORMAT_MESSAGE = (
     " formats: ['png', 'jpeg', 'gif', 'webp']."
 )
 _SCHEMA_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+MAX_STOP = 4
+DECIMAL_RANGES = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+}
+# Most completion tokens per model (OpenAI's model pages); a larger max_tokens is a 400.
+# Longest prefix first; models not listed are not checked.
+OUTPUT_TOKEN_CAPS: tuple[tuple[str, int], ...] = (
+    ("gpt-4o-mini", 16_384), ("gpt-4o", 16_384), ("gpt-4.1", 32_768), ("gpt-5", 128_000),
+    ("o3", 100_000), ("o4-mini", 100_000),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -146,6 +163,22 @@ def _int_param(body: dict[str, Any], name: str, low: int, high: int | None) -> i
             code="integer_above_max_value",
         )
     return value
+
+
+def _decimal_param(body: dict[str, Any], name: str, low: float, high: float) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise wrong_type(name, "a decimal", value)
+    if not low <= value <= high:
+        raise APIError(
+            400,
+            f"Invalid '{name}': decimal out of range. Expected a value between {low:g} and "
+            f"{high:g}, but got {value} instead.",
+            param=name,
+            code="decimal_out_of_range",
+        )
 
 
 def _check_messages(messages: Any) -> list[dict[str, Any]]:
@@ -303,6 +336,143 @@ def _strict_errors(schema: Any, path: tuple[str, ...]) -> str | None:
     return None
 
 
+# Keywords whose value is a schema, a list of schemas, or a map of name -> schema.
+_SUBSCHEMA = (
+    "items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames",
+    "unevaluatedItems", "unevaluatedProperties", "additionalItems",
+)  # fmt: skip
+_SUBSCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems", "items")
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions",
+                   "dependentSchemas")  # fmt: skip
+_BOUNDS = (
+    ("minItems", "maxItems"), ("minLength", "maxLength"), ("minProperties", "maxProperties"),
+    ("minimum", "maximum"), ("minContains", "maxContains"),
+)  # fmt: skip
+# Bounds that no value meets even when equal.
+_OPEN_BOUNDS = (
+    ("exclusiveMinimum", "maximum"), ("minimum", "exclusiveMaximum"),
+    ("exclusiveMinimum", "exclusiveMaximum"),
+)  # fmt: skip
+# The most items, characters or properties an answer's instance is built with: a larger
+# instance would be far past any model's output cap, and building it would stall the server.
+MAX_INSTANCE_SIZE = 100_000
+
+
+def _subschemas(
+    schema: dict[str, Any], path: tuple[str, ...]
+) -> Iterator[tuple[tuple[str, ...], Any]]:
+    for key in _SUBSCHEMA:
+        if isinstance(schema.get(key), dict):
+            yield (*path, key), schema[key]
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(schema.get(key), list):
+            for i, sub in enumerate(schema[key]):
+                yield (*path, key, str(i)), sub
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(schema.get(key), dict):
+            for name, sub in schema[key].items():
+                yield (*path, key, str(name)), sub
+
+
+def _resolves(root: dict[str, Any], ref: str) -> bool:
+    """Whether a local ``$ref`` (``#``, ``#/json/pointer`` or ``#anchor``) points somewhere."""
+    fragment = ref[1:]
+    if fragment and not fragment.startswith("/"):  # a plain-name fragment: an $anchor
+        return any(
+            isinstance(sub, dict) and sub.get("$anchor") == fragment
+            for _, sub, _ in _walk(root, ())
+        )
+    node: Any = root
+    for part in fragment.split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return isinstance(node, dict | bool)
+
+
+def _walk(
+    schema: Any, path: tuple[str, ...], copies: int = 1
+) -> Iterator[tuple[tuple[str, ...], Any, int]]:
+    """Every subschema, its path, and how many copies of it an instance holds at least
+    (nested ``minItems`` multiply)."""
+    yield path, schema, copies
+    if isinstance(schema, dict):
+        least = schema.get("minItems")
+        inner = copies * least if isinstance(least, int) and least > 1 else copies
+        for where, sub in _subschemas(schema, path):
+            repeated = where[len(path)] in ("items", "prefixItems", "contains")
+            yield from _walk(sub, where, inner if repeated else copies)
+
+
+def _schema_problem(schema: dict[str, Any]) -> str | None:
+    """What makes ``schema`` an invalid JSON Schema, worded as OpenAI words schema errors."""
+    meta = schema.get("$schema")
+    if meta is not None and not isinstance(meta, str):
+        return "In context=(), '$schema' must be a string."
+    with warnings.catch_warnings():  # an unknown $schema falls back to 2020-12
+        warnings.simplefilter("ignore", DeprecationWarning)
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = tuple(str(p) for p in exc.path)
+        return f"In context={where}, {_short(exc.message)}"
+    for path, sub, copies in _walk(schema, ()):
+        if not isinstance(sub, dict):
+            continue
+        ref = sub.get("$ref")
+        if isinstance(ref, str) and (not ref.startswith("#") or not _resolves(schema, ref)):
+            return (
+                f"In context={path}, reference to component '{ref}' which was not found in "
+                "the schema."
+            )
+        if sub.get("enum") == []:
+            return f"In context={path}, 'enum' must have at least one value."
+        empty = _empty_range(sub)
+        if empty:
+            return f"In context={path}, {empty}: no value can satisfy the schema."
+        too_big = _size_problem(path, sub, copies)
+        if too_big:
+            return too_big
+    return None
+
+
+def _is_number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _empty_range(sub: dict[str, Any]) -> str | None:
+    for low, high in _BOUNDS + _OPEN_BOUNDS:
+        lo, hi = sub.get(low), sub.get(high)
+        if not (_is_number(lo) and _is_number(hi)):
+            continue
+        if lo > hi:
+            return f"'{low}' ({lo}) is greater than '{high}' ({hi})"
+        if lo == hi and (low, high) in _OPEN_BOUNDS:
+            return f"'{low}' ({lo}) is not below '{high}' ({hi})"
+    return None
+
+
+def _size_problem(path: tuple[str, ...], sub: dict[str, Any], copies: int) -> str | None:
+    for key in ("minItems", "minLength", "minProperties"):
+        value = sub.get(key)
+        if isinstance(value, int) and value * copies > MAX_INSTANCE_SIZE:
+            return (
+                f"In context={path}, '{key}' asks for {value * copies:,} items or characters "
+                f"in all: the rowprompt sandbox builds answers of at most "
+                f"{MAX_INSTANCE_SIZE:,}."
+            )
+    return None
+
+
+def _short(message: str, limit: int = 300) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
 def _check_response_format(fmt: Any, messages: list[dict[str, Any]]) -> dict[str, Any] | None:
     if fmt is None:
         return None
@@ -348,22 +518,151 @@ def _check_response_format(fmt: Any, messages: list[dict[str, Any]]) -> dict[str
         schema = spec.get("schema", {})
         if not isinstance(schema, dict):
             raise wrong_type("response_format.json_schema.schema", "an object", schema)
-        if spec.get("strict"):
-            if schema.get("type") != "object":
-                problem = (
-                    "schema must be a JSON Schema of 'type: \"object\"', "
-                    f"got 'type: \"{schema.get('type')}\"'."
-                )
-            else:
-                problem = _strict_errors(schema, ()) or ""
-            if problem:
-                raise APIError(
-                    400,
-                    f"Invalid schema for response_format '{name}': {problem}",
-                    param="response_format",
-                    code="invalid_json_schema",
-                )
+        problem = schema_errors(schema, strict=bool(spec.get("strict")))
+        if problem:
+            raise APIError(
+                400,
+                f"Invalid schema for response_format '{name}': {problem}",
+                param="response_format",
+                code="invalid_json_schema",
+            )
     return fmt
+
+
+def schema_errors(schema: dict[str, Any], *, strict: bool) -> str | None:
+    """Why OpenAI would refuse ``schema`` (an invalid JSON Schema, a dangling ``$ref``, bounds
+    no value meets, strict-mode rules), or None."""
+    try:
+        key = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError, RecursionError):
+        return _schema_errors(schema, strict)
+    return _cached_schema_errors(key, strict)
+
+
+@lru_cache(maxsize=256)
+def _cached_schema_errors(key: str, strict: bool) -> str | None:
+    # The checks cost about a millisecond; a run sends the same schema with every row.
+    return _schema_errors(json.loads(key), strict)
+
+
+def _schema_errors(schema: dict[str, Any], strict: bool) -> str | None:
+    try:
+        problem = _schema_problem(schema)
+        if problem or not strict:
+            return problem
+        if schema.get("type") != "object":
+            return (
+                "schema must be a JSON Schema of 'type: \"object\"', "
+                f"got 'type: \"{schema.get('type')}\"'."
+            )
+        return _strict_errors(schema, ())
+    except RecursionError:
+        return "In context=(), the schema is nested too deeply."
+
+
+def output_token_cap(model: str) -> int | None:
+    """The most completion tokens ``model`` may be asked for (None: not known)."""
+    for prefix, cap in OUTPUT_TOKEN_CAPS:
+        if model.startswith(prefix):
+            return cap
+    return None
+
+
+def _check_output_cap(name: str, value: int | None, model: str) -> None:
+    cap = output_token_cap(model)
+    if value is not None and cap is not None and value > cap:
+        raise APIError(
+            400,
+            f"{name} is too large: {value}. This model supports at most {cap} completion "
+            f"tokens, whereas you provided {value}.",
+            param=name,
+        )
+
+
+def _check_stop(stop: Any) -> None:
+    """``StopConfiguration``: a string, or an array of 1 to 4 strings."""
+    if stop is None or isinstance(stop, str):
+        return
+    if not isinstance(stop, list):
+        raise wrong_type("stop", "one of a string or array of strings", stop)
+    if not stop:
+        raise APIError(
+            400,
+            "Invalid 'stop': empty array. Expected an array with minimum length 1, but got an "
+            "empty array instead.",
+            param="stop",
+            code="empty_array",
+        )
+    if len(stop) > MAX_STOP:
+        raise APIError(
+            400,
+            f"Invalid 'stop': array too long. Expected an array with maximum length {MAX_STOP}, "
+            f"but got an array with length {len(stop)} instead.",
+            param="stop",
+            code="array_above_max_length",
+        )
+    for i, item in enumerate(stop):
+        if not isinstance(item, str):
+            raise wrong_type(f"stop[{i}]", "a string", item)
+
+
+def _check_tools(tools: Any) -> None:
+    """Function and custom tools as the spec describes them; a function's ``parameters``
+    schema is checked as a response format's is."""
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise wrong_type("tools", "an array", tools)
+    for i, tool in enumerate(tools):
+        at = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise wrong_type(at, "an object", tool)
+        kind = tool.get("type")
+        if kind is None:
+            raise missing(f"{at}.type")
+        if kind not in ("function", "custom"):
+            raise APIError(
+                400,
+                f"Invalid value: '{kind}'. Supported values are: 'function' and 'custom'.",
+                param=f"{at}.type",
+                code="invalid_value",
+            )
+        spec = tool.get(kind)
+        if spec is None:
+            raise missing(f"{at}.{kind}")
+        if not isinstance(spec, dict):
+            raise wrong_type(f"{at}.{kind}", "an object", spec)
+        name = spec.get("name")
+        if name is None:
+            raise missing(f"{at}.{kind}.name")
+        if not isinstance(name, str):
+            raise wrong_type(f"{at}.{kind}.name", "a string", name)
+        if kind == "function":
+            _check_function(spec, name, at)
+
+
+def _check_function(spec: dict[str, Any], name: str, at: str) -> None:
+    if not _SCHEMA_NAME.match(name):
+        raise APIError(
+            400,
+            f"Invalid '{at}.function.name': string does not match pattern. Expected a string "
+            "that matches the pattern '^[a-zA-Z0-9_-]+$'.",
+            param=f"{at}.function.name",
+            code="invalid_value",
+        )
+    parameters = spec.get("parameters")
+    if parameters is None:
+        return
+    if not isinstance(parameters, dict):
+        raise wrong_type(f"{at}.function.parameters", "an object", parameters)
+    problem = schema_errors(parameters, strict=spec.get("strict") is True)
+    if problem:
+        raise APIError(
+            400,
+            f"Invalid schema for function '{name}': {problem}",
+            param=f"{at}.function.parameters",
+            code="invalid_function_parameters",
+        )
 
 
 def check_body_and_model(body: Any, *, missing_model: APIError | None = None) -> str:
@@ -425,18 +724,13 @@ def validate_chat(body: Any, models: Collection[str]) -> ChatRequest:
     n = _int_param(body, "n", 1, 128) or 1
     max_tokens = _int_param(body, "max_completion_tokens", 1, None)
     legacy = _int_param(body, "max_tokens", 1, None)
-    temperature = body.get("temperature")
-    if temperature is not None:
-        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-            raise wrong_type("temperature", "a decimal", temperature)
-        if not 0 <= temperature <= 2:
-            raise APIError(
-                400,
-                f"Invalid 'temperature': decimal out of range. Expected a value between 0 and 2, "
-                f"but got {temperature} instead.",
-                param="temperature",
-                code="decimal_out_of_range",
-            )
+    for name, (low, high) in DECIMAL_RANGES.items():
+        _decimal_param(body, name, low, high)
+    _int_param(body, "seed", -(2**63), 2**63 - 1)
+    _check_stop(body.get("stop"))
+    _check_tools(body.get("tools"))
+    for name, value in (("max_completion_tokens", max_tokens), ("max_tokens", legacy)):
+        _check_output_cap(name, value, base)
     fmt = _check_response_format(body.get("response_format"), messages)
     return ChatRequest(
         body=body,
