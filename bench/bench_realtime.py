@@ -9,7 +9,11 @@ Scenarios (each bounded; ``--only NAME`` runs one):
 - ``tpm``: 40,000 TPM, prompts of ~150 tokens, ``max_tokens`` 100: tokens admitted per minute
   as the sandbox counts them.
 - ``unknown``: the sandbox at 600 RPM, no ``--rpm``/``--tpm`` given: seconds until a 10 s
-  window reaches 90% of the limit, and the 429s on the way.
+  window reaches 90% of the limit, and the 429s on the way. The sandbox announces its limit
+  in ``x-ratelimit-*`` headers, so the engine knows it after one answer.
+- ``unknown-noheaders``: the same, but the sandbox sends no ``x-ratelimit-*`` headers
+  (``sandbox --no-rate-limit-headers``, a server that does not announce its limits): the
+  engine has only slow start, 429s and their ``retry-after`` to learn the limit from.
 - ``ceiling``: an unlimited sandbox, latency 0, in its own process: our engine's requests per
   second and client CPU per request, beside bare ``httpx2`` (and ``aiohttp`` if installed) loops.
 - ``faults``: 5% 500/503 and 2% dropped connections: every row must end ``ok``.
@@ -32,6 +36,7 @@ import httpx2
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rowprompt.engine.ratelimit import Limiter
+from rowprompt.sandbox import SandboxConfig
 from rt_harness import (
     MODEL,
     SandboxProcess,
@@ -41,6 +46,8 @@ from rt_harness import (
     run_for,
     window_rate,
 )
+
+SCENARIOS = ("rpm", "tpm", "unknown", "unknown-noheaders", "ceiling", "faults")
 
 
 def _chat_429s(stats: dict[str, Any]) -> tuple[int, int]:
@@ -55,10 +62,13 @@ def _lost(states: dict[str, int]) -> int:
 def bench_limited(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """The rpm, tpm and unknown scenarios: a limited sandbox, the engine held under it."""
     rpm, tpm = (600, None) if name != "tpm" else (None, 40_000)
+    unknown = name.startswith("unknown")
     flags = ["--latency-ms", "400", "--latency-jitter-ms", "150"]
     flags += ["--rpm", str(rpm)] if rpm else ["--tpm", str(tpm)]
+    if name == "unknown-noheaders":
+        flags.append("--no-rate-limit-headers")
     words, max_tokens = (150, 100) if name == "tpm" else (12, 16)
-    limiter = Limiter() if name == "unknown" else Limiter(rpm, tpm)
+    limiter = Limiter() if unknown else Limiter(rpm, tpm)
     seconds = None if args.full else args.warmup + args.seconds
     with SandboxProcess(*flags) as sandbox:
         sandbox.drain(rpm, tpm)
@@ -87,7 +97,9 @@ def bench_limited(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "lost": _lost(states),
         "wall_s": round(wall, 1),
     }
-    if name == "unknown":
+    if unknown:
+        figures["limit_source"] = limiter.state().source
+        figures["limit_in_force_rpm"] = None if limiter.rpm is None else round(limiter.rpm)
         series = {s["t"]: s["requests"] for s in stats["tokens_per_second"]}
         reached = None
         for t in range(int(begin), stop - 9):
@@ -99,7 +111,12 @@ def bench_limited(name: str, args: argparse.Namespace) -> dict[str, Any]:
         f"{name:<8} {figures['limit']:>10}: {ratio:6.1%} of the limit over"
         f" {figures['window_s']} s, 429s {figures['429_ratio']:.3%} ({limited}/{requests}),"
         f" rows {states}, lost {figures['lost']}"
-        + (f", 90% after {figures.get('seconds_to_90pct')} s" if name == "unknown" else "")
+        + (
+            f", 90% after {figures.get('seconds_to_90pct')} s, limit"
+            f" {figures['limit_in_force_rpm']} RPM from {figures['limit_source']}"
+            if unknown
+            else ""
+        )
     )
     return figures
 
@@ -209,7 +226,7 @@ def bench_faults(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     """Parse options, run the scenarios, print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["rpm", "tpm", "unknown", "ceiling", "faults"])
+    parser.add_argument("--only", choices=SCENARIOS)
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=10, help="Seconds left out at the start.")
     parser.add_argument("--seconds", type=int, default=60, help="Measured seconds.")
@@ -219,9 +236,12 @@ def main() -> int:
     parser.add_argument("--fault-rows", type=int, default=2000)
     parser.add_argument("--json", action="store_true", help="Print the figures as JSON too.")
     args = parser.parse_args()
-    names = [args.only] if args.only else ["rpm", "tpm", "unknown", "ceiling", "faults"]
+    names = [args.only] if args.only else list(SCENARIOS)
     results = []
     for name in names:
+        if name == "unknown-noheaders" and "rate_limit_headers" not in SandboxConfig.model_fields:
+            print("unknown-noheaders: skipped, this sandbox has no --no-rate-limit-headers")
+            continue
         if name == "ceiling":
             results.append(bench_ceiling(args))
         elif name == "faults":

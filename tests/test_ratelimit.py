@@ -6,7 +6,14 @@ import asyncio
 
 import pytest
 
-from rowprompt.engine.ratelimit import FACE_ANTHROPIC, SAFETY, Bucket, Limiter
+from rowprompt.engine.ratelimit import (
+    FACE_ANTHROPIC,
+    LEARN_CUT,
+    LEARN_GROWTH_PER_S,
+    SAFETY,
+    Bucket,
+    Limiter,
+)
 from rowprompt.providers.base import LimitsObservation
 
 
@@ -126,3 +133,99 @@ def test_acquire_waits_for_the_refill() -> None:
 
     waited = asyncio.run(scenario())
     assert 0.03 < waited < 0.3
+
+
+# -- reset headers ------------------------------------------------------------------------------
+def test_a_429_without_retry_after_waits_for_the_empty_buckets_reset() -> None:
+    limiter = Limiter(clock=Clock())
+    empty = LimitsObservation(limit_requests=600, remaining_requests=0, reset_requests_s=30.0)
+    # One request's refill (60 s / 600), not the time to a full bucket, not the backoff.
+    assert limiter.rate_limited(None, fallback_s=5.0, seen=empty) == pytest.approx(0.1)
+    unknown = LimitsObservation(remaining_requests=0, reset_requests_s=0.7)
+    assert limiter.rate_limited(None, fallback_s=5.0, seen=unknown) == pytest.approx(0.7)
+    # A bucket not empty (or no reset) says nothing: the backoff is used; retry-after wins.
+    left = LimitsObservation(limit_requests=600, remaining_requests=3, reset_requests_s=30.0)
+    assert limiter.rate_limited(None, fallback_s=5.0, seen=left) == 5.0
+    assert limiter.rate_limited(1.3, fallback_s=5.0, seen=empty) == 1.3
+
+
+def test_a_reset_without_remaining_tells_the_level_left() -> None:
+    clock = Clock()
+    limiter = Limiter(clock=clock)
+    ticket = asyncio.run(limiter.acquire(1))
+    # Refilled at 600 a minute, 30 s from full: 300 left.
+    limiter.observe(ticket, LimitsObservation(limit_requests=600, reset_requests_s=30.0))
+    assert limiter.requests.level == pytest.approx(300)
+
+
+# -- a limit nobody announces -------------------------------------------------------------------
+def _measure(limiter: Limiter, clock: Clock, interval: float, answers: int) -> None:
+    """Answers every ``interval`` s, each followed by a 429 (the server refuses the excess)."""
+    for _ in range(answers):
+        clock.now += interval
+        ticket = asyncio.run(limiter.acquire(1))
+        limiter.observe(ticket, None)
+        if limiter.learned_rpm is None:
+            limiter.rate_limited(0.001, fallback_s=1.0)
+            clock.now += 0.001
+
+
+def test_a_limit_nobody_announces_is_measured_from_429s() -> None:
+    clock = Clock()
+    limiter = Limiter(clock=clock)
+    limiter.rate_limited(0.05, fallback_s=1.0)  # the first 429: measuring starts
+    assert limiter.learned_rpm is None and limiter.rpm is None
+    _measure(limiter, clock, 0.1, 8)  # the server admits one every 0.1 s: 600 a minute
+    assert limiter.learned_rpm == pytest.approx(600, rel=0.03)
+    assert limiter.rpm == pytest.approx(600, rel=0.03)
+    assert limiter.state().source == "learned"
+    # Paced from an empty bucket at that rate: the next request waits one interval.
+    assert limiter.requests.level <= 1.0
+
+
+def test_nothing_is_learned_from_a_passing_storm() -> None:
+    clock = Clock()
+    limiter = Limiter(clock=clock)
+    limiter.rate_limited(0.05, fallback_s=1.0)
+    for _ in range(8):  # answers keep coming, none refused: the pace was ours
+        clock.now += 0.1
+        ticket = asyncio.run(limiter.acquire(1))
+        limiter.observe(ticket, None)
+    assert limiter.learned_rpm is None and limiter.rpm is None
+    assert limiter.state().source == "unknown"
+
+
+def test_a_learned_limit_is_probed_upward_and_cut_by_a_429() -> None:
+    clock = Clock()
+    limiter = Limiter(clock=clock)
+    limiter.rate_limited(0.05, fallback_s=1.0)
+    _measure(limiter, clock, 0.1, 8)
+    measured = limiter.learned_rpm
+    assert measured is not None
+    clock.now += 10
+    grown = limiter.state().rpm
+    assert grown == pytest.approx(measured * (1 + 10 * LEARN_GROWTH_PER_S))
+    assert grown is not None and grown > measured
+    clock.now += 2
+    limiter.rate_limited(0.1, fallback_s=1.0)
+    cut = limiter.rpm
+    assert cut == pytest.approx(measured * (1 + 12 * LEARN_GROWTH_PER_S) * LEARN_CUT)
+    clock.now += 3600
+    # Never above 1.5 × the measure (the cut one, when a 429 said it was too high).
+    assert limiter.state().rpm == pytest.approx(min(measured, cut) * 1.5)
+
+
+def test_announced_limits_replace_a_learned_one() -> None:
+    clock = Clock()
+    limiter = Limiter(clock=clock)
+    limiter.rate_limited(0.05, fallback_s=1.0)
+    _measure(limiter, clock, 0.1, 8)
+    clock.now += 1  # the learned bucket starts empty
+    ticket = asyncio.run(limiter.acquire(1))
+    limiter.observe(ticket, LimitsObservation(limit_requests=900, remaining_requests=899))
+    assert limiter.learned_rpm is None and limiter.rpm == 900
+    assert limiter.state().source == "headers"
+    # A known limit is never learned over: a 429 shrinks it instead.
+    limiter.rate_limited(0.05, fallback_s=1.0)
+    _measure(limiter, clock, 0.1, 8)
+    assert limiter.learned_rpm is None and limiter.rpm == 900

@@ -163,7 +163,13 @@ class Window:
         return min(rates) if rates else None
 
     def succeeded(self, latency_s: float, tokens: int) -> None:
-        """An answer came after ``latency_s``; grow the slow-start window."""
+        """An answer came after ``latency_s``; grow the slow-start window.
+
+        The first answer (the probe sent alone) opens the window at ``INITIAL_WINDOW``; each
+        answer after it adds one (the window doubles every round trip) up to the threshold a
+        429 set, then one per window (a round trip).
+        """
+        probe = self.latency_s is None
         if self.latency_s is None:
             self.latency_s = latency_s
         else:
@@ -175,6 +181,8 @@ class Window:
             if self._tokens_avg is None
             else self._tokens_avg + EWMA * (tokens - self._tokens_avg)
         )
+        if probe:
+            return
         if self._cwnd < self._ssthresh:
             self._cwnd += 1.0  # one more per answer: doubles every round trip
         else:

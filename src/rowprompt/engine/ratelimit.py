@@ -2,7 +2,9 @@
 
 Where the limits come from, in order: the user's ``--rpm``/``--tpm``; the provider's
 ``x-ratelimit-*`` headers, read from every answer (they lower our local budgets when another
-process spends the same key); and, while nothing is known, a slow start in the engine.
+process spends the same key); and, while nothing is known, a slow start in the engine. When
+a server that announces nothing answers 429, the limiter measures the rate it admits while
+it refuses the excess, paces at that rate, and probes slowly upward (see :meth:`Limiter.observe`).
 
 How tokens count depends on the provider's face: OpenAI admits a request by its prompt tokens
 plus ``max_tokens`` × ``n`` and refunds nothing; Anthropic counts ``max_tokens`` at the start
@@ -36,6 +38,15 @@ RECOVER_PER_S = 0.005
 PROBE_SECONDS = 2.0
 # Sleep in slices so that a pause, a new limit or a stop is seen promptly.
 MAX_SLEEP_S = 0.25
+# Learning a requests limit nobody announces. After a 429, answers to requests sent after it
+# are timed: while the server keeps refusing the excess, they arrive at exactly its rate.
+LEARN_ANSWERS = 8  # answers timed before the rate is set
+LEARN_MAX_S = 15.0  # ... or this long, with at least two answers
+# A learned limit is probed upward (1% a second, up to 1.5 times what was measured) and cut by
+# 10% at each 429 storm: the provider may admit more than we saw, or less than before.
+LEARN_GROWTH_PER_S = 0.01
+LEARN_MAX_GROWTH = 1.5
+LEARN_CUT = 0.9
 
 
 class Bucket:
@@ -165,6 +176,13 @@ class Limiter:
         self.header_rpm: int | None = None
         self.header_tpm: int | None = None
         self.observed = False
+        # A requests limit learned from 429s (no flags, no headers): measured, then probed.
+        self.learned_rpm: float | None = None
+        self._measured_rpm = 0.0
+        self._learned_at = 0.0
+        self._learn_from: float | None = None  # the 429 that started the measurement
+        self._learn_answers: list[float] = []
+        self._learn_refusals = 0  # 429s since the first timed answer: still refusing?
         self._paused_until = 0.0
         self._shrink = 1.0
         self._shrunk_at = 0.0
@@ -189,8 +207,10 @@ class Limiter:
 
     def state(self) -> LimitState:
         """The limits in force now."""
+        self._apply_scale()
         sources = [s for s, on in (("user", self.user_rpm or self.user_tpm),
-                                   ("headers", self.observed)) if on]  # fmt: skip
+                                   ("headers", self.observed),
+                                   ("learned", self.learned_rpm)) if on]  # fmt: skip
         return LimitState(
             rpm=self.rpm,
             tpm=self.tpm,
@@ -212,7 +232,8 @@ class Limiter:
     # -- spending ---------------------------------------------------------------------------
     def _wait(self, tokens: int) -> float:
         self._apply_scale()
-        pause = self._paused_until - self._clock()
+        now = self._clock()
+        pause = self._paused_until - now
         return max(pause, self.requests.wait_time(1), self.tokens.wait_time(tokens))
 
     async def acquire(self, tokens: int, output_tokens: int = 0) -> Ticket:
@@ -246,23 +267,37 @@ class Limiter:
         return unused
 
     # -- what the provider says --------------------------------------------------------------
-    def observe(self, ticket: Ticket | None, seen: LimitsObservation | None) -> None:
-        """Correct the budgets from one answer's ``x-ratelimit-*`` headers."""
+    def observe(
+        self, ticket: Ticket | None, seen: LimitsObservation | None, *, answered: bool = True
+    ) -> None:
+        """Correct the budgets from one answer's ``x-ratelimit-*`` headers.
+
+        ``answered``: the request was admitted (a 200, not a 429); while a limit is being
+        learned from 429s, its arrival is timed.
+        """
+        if answered and ticket is not None:
+            self._time_answer(ticket)
         if seen is None:
             return
         first = not self.observed
         self.observed = True
-        for bucket, limit, remaining, user, taken_then in (
-            (self.requests, seen.limit_requests, seen.remaining_requests, self.user_rpm,
-             ticket.requests_taken if ticket else None),
-            (self.tokens, seen.limit_tokens, seen.remaining_tokens, self.user_tpm,
-             ticket.tokens_taken if ticket else None),
+        if seen.limit_requests or seen.limit_tokens:
+            self._stop_learning()  # the provider says its limits: nothing to guess
+        for bucket, limit, remaining, reset, user, taken_then in (
+            (self.requests, seen.limit_requests, seen.remaining_requests, seen.reset_requests_s,
+             self.user_rpm, ticket.requests_taken if ticket else None),
+            (self.tokens, seen.limit_tokens, seen.remaining_tokens, seen.reset_tokens_s,
+             self.user_tpm, ticket.tokens_taken if ticket else None),
         ):  # fmt: skip
             if limit is not None and limit > 0:
                 # The provider's limit wins over ours, unless the user asked for less.
                 wanted = float(limit) if user is None else min(float(user), float(limit))
                 if bucket.per_minute != wanted:
                     bucket.set_rate(wanted)
+            if remaining is None and reset is not None and limit:
+                # No count left, but the time to a full bucket: refilled at limit/60 a second,
+                # the bucket lacks reset × limit/60 of its limit.
+                remaining = max(0, round(limit - reset * limit / 60.0))
             if remaining is None or taken_then is None or not bucket.per_minute:
                 continue
             # What the provider had left when it admitted this request, less what we have
@@ -278,23 +313,88 @@ class Limiter:
         self.header_tpm = seen.limit_tokens
         self._apply_scale()
 
-    def rate_limited(self, retry_after: float | None, fallback_s: float) -> float:
-        """A 429: pause everyone as long as asked (else ``fallback_s``), shrink the budget.
+    def rate_limited(
+        self,
+        retry_after: float | None,
+        fallback_s: float,
+        seen: LimitsObservation | None = None,
+    ) -> float:
+        """A 429: pause everyone as long as asked, shrink the budget; returns the pause (s).
 
-        Returns the pause in seconds.
+        The wait asked is ``retry_after`` (``retry-after-ms``/``retry-after``); without it,
+        the ``x-ratelimit-reset-*`` of the bucket the 429's headers (``seen``) say is empty;
+        without either, ``fallback_s`` (the engine's backoff).
         """
-        wait = retry_after if retry_after is not None and retry_after > 0 else fallback_s
+        wait = retry_after if retry_after is not None and retry_after > 0 else None
+        if wait is None and seen is not None:
+            wait = reset_wait(seen)
+        if wait is None:
+            wait = fallback_s
         now = self._clock()
         self._paused_until = max(self._paused_until, now + wait)
+        self._learn_from_429(now)
         # Shrink once per storm, not once per request of it: the answers of one burst arrive
         # together, and halving ten times over would starve the job for minutes.
         if now - self._shrunk_at > 1.0:
-            self._shrink = max(FLOOR, self._scale() * SHRINK)
+            if self.learned_rpm is not None:
+                # A learned limit is cut instead: it was a guess, and this 429 says too high.
+                self.learned_rpm = max(1.0, self._learned_now(now) * LEARN_CUT)
+                self._measured_rpm = min(self._measured_rpm, self.learned_rpm)
+                self._learned_at = now
+            elif self.known:  # with nothing known there is no budget to shrink yet
+                self._shrink = max(FLOOR, self._scale() * SHRINK)
             self._shrunk_at = now
             self.requests.lower_to(0.0)
             self.tokens.lower_to(0.0)
         self._apply_scale()
         return wait
+
+    # -- learning a limit nobody announces ---------------------------------------------------
+    def _learning(self) -> bool:
+        """True while no requests limit is known from the user or the provider."""
+        return self.user_rpm is None and not (self.header_rpm or self.header_tpm)
+
+    def _learn_from_429(self, now: float) -> None:
+        if not self._learning() or self.learned_rpm is not None:
+            return
+        if self._learn_from is None:
+            self._learn_from = now
+            self._learn_answers = []
+            self._learn_refusals = 0
+        elif self._learn_answers:
+            self._learn_refusals += 1
+
+    def _time_answer(self, ticket: Ticket) -> None:
+        start = self._learn_from
+        if start is None or self.learned_rpm is not None or ticket.sent_at < start:
+            return  # not measuring, or a request sent before the 429 (it met a fuller bucket)
+        now = self._clock()
+        answers = self._learn_answers
+        answers.append(now)
+        span = answers[-1] - answers[0]
+        if len(answers) < LEARN_ANSWERS and not (len(answers) >= 2 and span >= LEARN_MAX_S):
+            return
+        if self._learn_refusals == 0 or span <= 0:
+            # Nothing was refused while we timed: the pace was ours, not the provider's (the
+            # 429 was a passing storm). Nothing learned; the next 429 starts again.
+            self._learn_from = None
+            return
+        self._measured_rpm = (len(answers) - 1) * 60.0 / span
+        self.learned_rpm = self._measured_rpm
+        self._learned_at = now
+        self._learn_from = None
+        self.requests.set_rate(self.learned_rpm, level=0.0)
+
+    def _learned_now(self, now: float) -> float:
+        assert self.learned_rpm is not None
+        grown = self.learned_rpm * (1.0 + LEARN_GROWTH_PER_S * max(0.0, now - self._learned_at))
+        return min(grown, max(self.learned_rpm, self._measured_rpm * LEARN_MAX_GROWTH))
+
+    def _stop_learning(self) -> None:
+        if self.learned_rpm is not None and self.user_rpm is None:
+            self.requests.set_rate(None)
+        self.learned_rpm = None
+        self._learn_from = None
 
     def pause(self, seconds: float) -> None:
         """Hold every sender for ``seconds``."""
@@ -308,6 +408,28 @@ class Limiter:
         scale = self.safety * self._scale()
         self.requests.scale = scale
         self.tokens.scale = scale
+        if self.learned_rpm is not None:
+            rate = self._learned_now(self._clock())
+            if rate != self.requests.per_minute:
+                self.requests.set_rate(rate)
+
+
+def reset_wait(seen: LimitsObservation) -> float | None:
+    """How long a 429's ``x-ratelimit-reset-*`` headers say to wait, or None.
+
+    Only a bucket the headers show empty (``remaining`` 0) counts. Its reset is the time to a
+    *full* bucket; one request needs only one unit's refill, 60/limit seconds, when the limit
+    is known (a request of many tokens then waits on our own token bucket, emptied by the 429,
+    which refills at the provider's rate).
+    """
+    waits = []
+    for limit, remaining, reset in (
+        (seen.limit_requests, seen.remaining_requests, seen.reset_requests_s),
+        (seen.limit_tokens, seen.remaining_tokens, seen.reset_tokens_s),
+    ):
+        if reset is not None and reset > 0 and remaining is not None and remaining <= 0:
+            waits.append(min(reset, 60.0 / limit) if limit else reset)
+    return max(waits) if waits else None
 
 
 def _probe(per_minute: float | None) -> float | None:

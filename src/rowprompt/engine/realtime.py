@@ -20,7 +20,7 @@ from typing import Any
 from rowprompt.engine.budget import OVER_BUDGET
 from rowprompt.engine.context import RunContext, admission_parts
 from rowprompt.engine.pacing import EngineStats, RateMeter, Window
-from rowprompt.engine.ratelimit import Limiter, Ticket
+from rowprompt.engine.ratelimit import FACE_ANTHROPIC, FACE_OPENAI, Limiter, Ticket
 from rowprompt.errors import (
     Permanent,
     ProviderError,
@@ -31,8 +31,9 @@ from rowprompt.errors import (
 from rowprompt.jobs import VIA_CACHE, VIA_REALTIME, Completion, RowOutcome, RowState, request_hash
 from rowprompt.ledger import Ledger
 from rowprompt.providers.base import CompletionResult, LimitsObservation, Provider
+from rowprompt.vectors import is_embeddings_body
 
-__all__ = ["EngineStats", "RealtimeEngine", "backoff_delay"]
+__all__ = ["EngineStats", "RealtimeEngine", "backoff_delay", "limiter_parts"]
 
 # 429s are the provider pacing us, not the row failing: they get an allowance of their own.
 RATE_LIMIT_RETRIES = 20
@@ -62,6 +63,27 @@ def _limits_of(exc: RateLimited) -> LimitsObservation | None:
     # Providers may attach the 429's rate-limit headers; they correct the budgets too.
     seen = getattr(exc, "limits", None)
     return seen if isinstance(seen, LimitsObservation) else None
+
+
+# Output tokens a provider charges at admission for a request that sets no maximum: OpenAI
+# counts the prompt and max_tokens × n, so nothing without one (the sandbox too, ``max_tokens
+# or 0``), and its headers correct us if it counts more; Anthropic requires a maximum, and
+# rowprompt's provider sends 4096 (``providers.anthropic.DEFAULT_MAX_TOKENS``), then refunds.
+UNCAPPED_OUTPUT = {FACE_OPENAI: 0, FACE_ANTHROPIC: 4096}
+
+
+def limiter_parts(body: dict[str, Any], face: str) -> tuple[int, int]:
+    """(prompt, output) tokens one request reserves in the limiter, as ``face`` counts them.
+
+    :func:`~rowprompt.engine.context.admission_parts`, except for a request without
+    ``max_tokens``/``max_completion_tokens``: there the provider's own charge, not the
+    spending estimate (which stays for ``--budget``).
+    """
+    prompt, output = admission_parts(body)
+    capped = body.get("max_completion_tokens") or body.get("max_tokens")
+    if not capped and not is_embeddings_body(body):
+        output = UNCAPPED_OUTPUT.get(face, 0) * int(body.get("n") or 1)
+    return prompt, output
 
 
 def backoff_delay(retries: int, retry_after: float | None = None) -> float:
@@ -144,6 +166,9 @@ class RealtimeEngine:
         # without counting the claim as an attempt.
         self._unsent: set[str] = set()
         self._wake = asyncio.Event()
+        # Tasks holding one of the window's slots: waiting for budget, or on the wire.
+        self._out: set[asyncio.Task[None]] = set()
+        self._slot = asyncio.Event()  # set when a slot frees
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = time.monotonic()
         self._rows_todo = 0
@@ -172,10 +197,11 @@ class RealtimeEngine:
     def _stop_now(self, immediate: bool) -> None:
         self._stopping = True
         for task in list(self._tasks):
-            # Rows waiting for budget or a backoff hold nothing: they go back at once.
+            # Rows waiting for budget, a slot or a backoff hold nothing: they go back at once.
             if immediate or task not in self._sending:
                 task.cancel()
         self._wake.set()
+        self._slot.set()
 
     @property
     def stopping(self) -> bool:
@@ -282,9 +308,15 @@ class RealtimeEngine:
             for task in late:
                 task.cancel()
 
+    def _release(self, task: asyncio.Task[None]) -> None:
+        """The task's request is over (answered, failed, abandoned): its slot frees."""
+        self._sending.discard(task)
+        self._out.discard(task)
+        self._slot.set()
+
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._sending.discard(task)
+        self._release(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             # A bug, not a provider answer: stop the job rather than lose the row silently.
             self._fatal = self._fatal or RowpromptError(f"internal error in the engine: {exc!r}")
@@ -333,7 +365,7 @@ class RealtimeEngine:
             if cached is not None:
                 self._end(RowOutcome(key, RowState.DONE, VIA_CACHE, cached, cost_usd=0.0))
                 return
-        prompt_tokens, output_tokens = admission_parts(body)
+        prompt_tokens, output_tokens = limiter_parts(body, self.limiter.face)
         reserve = prompt_tokens + output_tokens
         reason = self.limiter.too_large(reserve)
         if reason is not None:
@@ -385,8 +417,15 @@ class RealtimeEngine:
         tries = 0  # failed attempts that count against --max-attempts
         limited = 0
         while True:
+            # The window caps the requests waiting for budget or on the wire, not only the rows
+            # live: after a 429 halved it, the rows held by the pause must not all leave when
+            # it ends (and all but one meet a 429 again).
+            while len(self._out) >= self.window.size and not self._stopping:
+                self._slot.clear()
+                await self._slot.wait()
             if self._stopping:
                 raise _Stop
+            self._out.add(task)
             ticket = await self.limiter.acquire(reserve, output_tokens)
             if self._stopping:
                 raise _Stop
@@ -406,8 +445,9 @@ class RealtimeEngine:
                 limited += 1
                 self.counts["429"] += 1
                 log(attempt + tries, started, exc)
-                self.limiter.observe(ticket, _limits_of(exc))
-                pause = self.limiter.rate_limited(exc.retry_after, backoff_delay(limited))
+                seen = _limits_of(exc)
+                self.limiter.observe(ticket, seen, answered=False)
+                pause = self.limiter.rate_limited(exc.retry_after, backoff_delay(limited), seen)
                 self.window.rate_limited()
                 if limited > RATE_LIMIT_RETRIES:
                     fail(exc)
@@ -422,7 +462,7 @@ class RealtimeEngine:
                 if attempt + tries > ctx.max_attempts:
                     fail(exc)
                     return None
-                self._sending.discard(task)
+                self._release(task)
                 await asyncio.sleep(backoff_delay(tries))
                 continue
             except Permanent as exc:
@@ -439,7 +479,7 @@ class RealtimeEngine:
                 self._stop_now(immediate=False)
                 raise _Stop from None
             finally:
-                self._sending.discard(task)
+                self._release(task)
             return Sent(result, ticket, attempt + tries, sent, started)
 
     def _succeed(self, key: str, attempt: int, rhash: str, ticket: Ticket, result: Any,

@@ -41,6 +41,7 @@ from rowprompt.providers.base import (
     BatchLineResult,
     CompletionResult,
     LimitsObservation,
+    retry_after_seconds,
 )
 
 DEFAULT_MAX_TOKENS: Final = 4096
@@ -221,8 +222,8 @@ def translate_error(exc: anthropic.APIError) -> ProviderError | ConfigError:
     message = str(err.get("message") or exc.message)
     if status == 429:
         headers = exc.response.headers
-        retry = headers.get("retry-after")
-        wait = float(retry) if retry and retry.replace(".", "", 1).isdigit() else None
+        # Seconds or an HTTP date (RFC 9110), read the way the OpenAI face reads it.
+        wait = retry_after_seconds(headers)
         return RateLimitedSeen(message, retry_after=wait, limits=limits_from_headers(headers))
     if status == 402 or "credit balance is too low" in message:
         return QuotaExhausted(

@@ -8,6 +8,10 @@ seam; a provider for another API shape translates it. Providers raise only error
 
 from __future__ import annotations
 
+import datetime
+import email.utils
+import math
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +30,39 @@ class LimitsObservation:
     remaining_tokens: int | None = None
     reset_requests_s: float | None = None
     reset_tokens_s: float | None = None
+
+
+def retry_after_seconds(
+    headers: Mapping[str, str], *, now: Callable[[], float] = time.time
+) -> float | None:
+    """The provider's advice on when to retry, in seconds, or None when it gave none.
+
+    ``retry-after-ms`` (milliseconds, OpenAI's) wins over ``retry-after``, which is either
+    seconds or an HTTP date (RFC 9110); a date in the past means "now" (0). The same reading
+    as the openai SDK's.
+    """
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            ms = float(value)
+        except ValueError:
+            ms = math.nan
+        if math.isfinite(ms):
+            return max(0.0, ms / 1000.0)
+    value = (headers.get("retry-after") or "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000": an HTTP date is GMT, as the SDK reads it too
+            when = when.replace(tzinfo=datetime.UTC)
+        return max(0.0, when.timestamp() - now())
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from rowprompt.providers.base import (
     CompletionResult,
     EndpointShape,
     LimitsObservation,
+    retry_after_seconds,
 )
 
 if TYPE_CHECKING:
@@ -375,23 +376,6 @@ def translate_error(exc: openai.APIError) -> ProviderError | ConfigError:
     if status in (408, 409) or status >= 500:
         return Transient(message, status=status, code=code)
     return Permanent(message, status=status, code=code)
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """The provider's advice on when to retry: ``retry-after-ms``, then ``retry-after``."""
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            return None
-    return None
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
