@@ -33,6 +33,7 @@ class Jobs:
     realtime: str
     batch: str
     failing: str
+    cached: str
 
 
 def _table(rows: int) -> pd.DataFrame:
@@ -42,17 +43,27 @@ def _table(rows: int) -> pd.DataFrame:
 
 
 def run_jobs(root: Path) -> Jobs:
-    """A real-time job with injected 429s and 5xx, a batch job split by the queue limit, and a
-    batch job whose batches fail validation (rows failed)."""
+    """A real-time job with injected 429s and 5xx, the same job again in another mode (every
+    row from the cache), a batch job split by the queue limit, and a job whose rows fail or
+    are refused."""
     home = root / "home"
     source = root / "reviews.csv"
     _table(60).to_csv(source, index=False)
     faults = FaultConfig(error_rate=0.06, rate_limit_storm_requests=3)
-    with Sandbox(fast_config(latency_ms=20, latency_jitter_ms=20, faults=faults)) as sb:
+    # A limit the job reaches (the sandbox sends it in its headers, as OpenAI does), so the
+    # report draws its limit line beside the bars rather than far above them.
+    limited = fast_config(latency_ms=20, latency_jitter_ms=20, faults=faults, rpm=1200)
+    with Sandbox(limited) as sb:
         rt = rowprompt.run(
             str(source), prompt="Sentiment of: {{ review }}", provider="sandbox",
             base_url=sb.base_url, mode="realtime", home=str(home), concurrency=8,
             output_type="choice:positive,negative,neutral", output=str(root / "rt.csv"),
+        )  # fmt: skip
+        # Another mode is another job; the rows it shares with the first come from the cache.
+        cached = rowprompt.run(
+            str(source), prompt="Sentiment of: {{ review }}", provider="sandbox",
+            base_url=sb.base_url, mode="auto", home=str(home), concurrency=8,
+            output_type="choice:positive,negative,neutral", output=str(root / "cached.csv"),
         )  # fmt: skip
     with Sandbox(fast_config(batch_rows_per_second=300, enqueued_token_limit=500)) as sb:
         batch = rowprompt.run(
@@ -71,13 +82,17 @@ def run_jobs(root: Path) -> Jobs:
             base_url=sb.base_url, mode="realtime", home=str(home), max_attempts=2,
         )  # fmt: skip
     assert set(rt["_status"]) == {"ok"} and set(batch["_status"]) == {"ok"}
+    assert set(cached["_via"]) == {"cache"}, cached["_via"].value_counts()
     assert {"failed", "refused"} <= set(failing["_status"]), failing[["_status", "_error"]]
     from rowprompt.api import list_jobs
 
-    by_prompt = {s.job.spec.prompt.split(":")[0]: s.job.id for s in list_jobs(str(home))}
+    by_name = {
+        (s.job.spec.prompt.split(":")[0], s.job.spec.mode): s.job.id for s in list_jobs(str(home))
+    }
     return Jobs(
-        home, source, by_prompt["Sentiment of"], by_prompt["Summarise in five words"],
-        by_prompt["Translate"],
+        home, source, by_name[("Sentiment of", "realtime")],
+        by_name[("Summarise in five words", "batch")], by_name[("Translate", "realtime")],
+        by_name[("Sentiment of", "auto")],
     )  # fmt: skip
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -15,12 +17,28 @@ from rowprompt.ledger import Ledger
 from rowprompt.report import build_report, write_report
 from rowprompt.report.commands import report_command
 from rowprompt.report.data import find_job, open_readonly
+from rowprompt.report.html import money
 from rowprompt.report.series import load_report
 from tests.report.conftest import Jobs
 
 
 def _files(home: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in home.glob("rowprompt.db*")}
+
+
+def _retries_by_window(home: Path, job_id: str) -> int:
+    """Retries as first defined: every real-time attempt of a row after its first."""
+    db = sqlite3.connect(home / "rowprompt.db")
+    try:
+        return int(
+            db.execute(
+                "SELECT count(*) FROM (SELECT row_number() OVER (PARTITION BY key ORDER BY id)"
+                " AS nth FROM attempts WHERE job_id = ? AND via = 'realtime') WHERE nth > 1",
+                (job_id,),
+            ).fetchone()[0]
+        )
+    finally:
+        db.close()
 
 
 def test_realtime_numbers_match_the_ledger(jobs: Jobs) -> None:
@@ -30,16 +48,27 @@ def test_realtime_numbers_match_the_ledger(jobs: Jobs) -> None:
     try:
         attempts = ledger.count_attempts(jobs.realtime)
         progress = ledger.progress(jobs.realtime)
+        first, last = ledger._db.execute(
+            "SELECT min(started_at), max(finished_at) FROM attempts WHERE job_id = ?",
+            (jobs.realtime,),
+        ).fetchone()
     finally:
         ledger.close()
     assert data.state == "done"
     assert data.counts.total == 60 and data.counts.statuses == {"ok": 60}
     assert data.counts.parse_checked
     assert data.counts.cost_usd == pytest.approx(progress.cost_usd)
+    assert (data.counts.prompt_tokens, data.counts.completion_tokens) == (
+        progress.prompt_tokens,
+        progress.completion_tokens,
+    )
+    # From the first request sent to the last answer written.
+    assert data.t0 == pytest.approx(first) and last <= data.end <= last + 1
     rt = data.realtime
     assert rt is not None and rt.total == attempts
     assert sum(rt.rate_limited) >= 3  # the storm's 429s are marked
     assert sum(rt.retries) >= sum(rt.rate_limited)
+    assert sum(rt.retries) == _retries_by_window(jobs.home, jobs.realtime)
     assert len(data.latencies) == 60
     assert data.cost_actual[-1] == pytest.approx(progress.cost_usd)
     assert not data.shards and data.queue is None
@@ -68,19 +97,76 @@ def test_failures_are_grouped_with_examples(jobs: Jobs) -> None:
     assert data.counts.statuses["failed"] == 2 and data.counts.statuses["refused"] == 2
     (group,) = data.failures
     assert group.count == 2 and "Scripted bad request" in group.message
-    assert [pos for pos, _, _ in group.examples] == [1, 7]
+    # The second and eighth rows ("Terrible ..."), numbered from 1 as the CLI numbers them.
+    assert [(pos, label) for pos, label, _ in group.examples] == [(1, "2"), (7, "8")]
+    html = build_report(jobs.failing, str(jobs.home))
+    assert "row 2<br>row 8" in html
     # A DataFrame job: no input file, so the sample says so instead of inventing inputs.
     assert data.sample and all(not r.inputs for r in data.sample)
+
+
+def test_rows_are_named_as_the_cli_names_them(jobs: Jobs, home_copy: Path) -> None:
+    """Counted from 1 (the ledger counts from 0); by their id when the job has an id column."""
+    with open_readonly(jobs.home) as db:
+        data = load_report(db, find_job(db, jobs.realtime))
+    first = data.sample[0]
+    assert (first.position, first.label) == (0, "1")  # the sample always holds row 1
+    html = build_report(jobs.realtime, str(jobs.home))
+    assert '<td class="num">1</td>' in html and '<td class="num">0</td>' not in html
+    # The same failing job, as if run with --id-column: its rows are keyed by their ids.
+    db = sqlite3.connect(home_copy / "rowprompt.db")
+    with db:
+        (spec,) = db.execute("SELECT spec FROM jobs WHERE id = ?", (jobs.failing,)).fetchone()
+        db.execute(
+            "UPDATE jobs SET spec = ? WHERE id = ?",
+            (json.dumps({**json.loads(spec), "id_column": "sku"}), jobs.failing),
+        )
+        db.execute(
+            "UPDATE rows SET key = 'SKU-' || (position * 3) WHERE job_id = ?", (jobs.failing,)
+        )
+    db.close()
+    with open_readonly(home_copy) as ro:
+        data = load_report(ro, find_job(ro, jobs.failing))
+    assert [label for _, label, _ in data.failures[0].examples] == ["SKU-3", "SKU-21"]
+    assert "row SKU-3<br>row SKU-21" in build_report(jobs.failing, str(home_copy))
+
+
+def test_what_the_cache_saved(jobs: Jobs) -> None:
+    """The same job in another mode: every row from the cache, nothing paid, the saving
+    priced as the real-time answers it reused were."""
+    with open_readonly(jobs.home) as db:
+        cached = load_report(db, find_job(db, jobs.cached))
+        first = load_report(db, find_job(db, jobs.realtime))
+    assert cached.counts.by_via == {"cache": 60} and cached.counts.cost_usd == 0
+    assert cached.realtime is None  # no request was sent
+    assert cached.cache_saved_usd is not None and cached.cache_saved_usd > 0
+    assert cached.cache_saved_usd == pytest.approx(first.counts.cost_usd)
+    assert cached.batch_saved_usd == 0 and first.cache_saved_usd == 0
+    html = build_report(jobs.cached, str(jobs.home))
+    saved = money(cached.cache_saved_usd)
+    assert f'<div class="k">Saved</div><div class="v">{saved}</div>' in html
+    assert f"batch $0.0000, cache {saved}" in html
 
 
 def test_report_is_one_self_contained_file(jobs: Jobs) -> None:
     before = _files(jobs.home)
     path = write_report(jobs.realtime, str(jobs.home))
     assert path == jobs.home / "reports" / f"{jobs.realtime}.html"
+    # It holds inputs and answers: the owner's alone, as the ledger is.
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     html = path.read_text(encoding="utf-8")
     assert _files(jobs.home) == before  # read-only: the ledger is untouched
     assert len(html) < 400_000
     assert html.count('<svg class="chart"') == 3  # requests, latency, cost
+    # The request chart marks the 429s and retries, and draws the limit the sandbox sent.
+    with open_readonly(jobs.home) as db:
+        rt = load_report(db, find_job(db, jobs.realtime)).realtime
+    assert rt is not None and rt.limit_rpm and rt.limit_rpm[0] == 1200
+    chart = html[html.index('data-chart="realtime"') :].split("</svg>")[0]
+    for label in ("answered (200)", "429", f"retries ({sum(rt.retries):,})", "limit (rpm)"):
+        assert f">{label}<" in chart or f"<!-- {label} -->" in chart, label
+    # The provider's 10,000,000 tokens a minute would flatten the token bars: said, not drawn.
+    assert "limit (tpm) 10,000,000, off the scale" in chart
     assert "<script" not in html and "@import" not in html and '<link rel="stylesheet"' not in html
     # No URL leaves the file, except XML namespace names, which browsers never fetch.
     urls = set(re.findall(r"https?://[^\s\"'<>)]+", html)) - {

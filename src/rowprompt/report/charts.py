@@ -135,40 +135,95 @@ def realtime_chart(data: ReportData) -> str | None:
     ok = [v * per_min for v in rt.ok]
     limited = [v * per_min for v in rt.rate_limited]
     errors = [v * per_min for v in rt.errors]
-    top.bar(x, ok, width, align="edge", color=COLORS["ok"], label="answered (200)")
-    top.bar(x, limited, width, bottom=ok, align="edge", color=COLORS["rate_limited"], label="429")
+    zero = [0.0] * len(x)
     stacked = [a + b for a, b in zip(ok, limited, strict=True)]
-    top.bar(x, errors, width, bottom=stacked, align="edge", color=COLORS["errors"], label="error")
+    handles = [
+        _bars(top, x, width, zero, ok, COLORS["ok"], "answered (200)"),
+        _bars(top, x, width, ok, limited, COLORS["rate_limited"], "429"),
+        _bars(top, x, width, stacked, errors, COLORS["errors"], "error"),
+    ]
     # Retries are marked just above their bucket's bar, so they stay visible at any scale.
     tops = [a + b for a, b in zip(stacked, errors, strict=True)]
     pad = max(tops) * 0.04 if tops else 0
     retried = [(xi + width / 2, h + pad) for xi, h, v in zip(x, tops, rt.retries, strict=True) if v]
     if retried:
-        top.plot(*zip(*retried, strict=True), "v", color=COLORS["retries"], ms=5,
-                 label=f"retries ({sum(rt.retries):,})")  # fmt: skip
-    _limit_line(top, rt.limit_t, rt.limit_rpm, div, "limit (rpm)")
+        (marks,) = top.plot(*zip(*retried, strict=True), "v", color=COLORS["retries"], ms=5,
+                            label=f"retries ({sum(rt.retries):,})")  # fmt: skip
+        handles.append(marks)
+    peak = max([*tops, 0.0])
+    limit = _limit_line(top, rt.limit_t, rt.limit_rpm, div, "limit (rpm)", peak)
+    if limit is not None:
+        handles.append(limit)
     top.set_ylabel("requests / min")
     top.set_title(f"Real-time requests ({rt.total:,} sent, {rt.bucket_s} s buckets)")
-    top.legend(loc="upper right", ncols=5)
-    bottom.bar(x, [v * per_min for v in rt.tokens], width, align="edge", color=COLORS["tokens"])
-    _limit_line(bottom, rt.limit_t, rt.limit_tpm, div, "limit (tpm)")
+    # Beside the plot, never over it: bars reach any height, and a limit line the top.
+    top.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    tokens_per_min = [v * per_min for v in rt.tokens]
+    tokens = _bars(bottom, x, width, zero, tokens_per_min, COLORS["tokens"], "tokens")
+    limit = _limit_line(bottom, rt.limit_t, rt.limit_tpm, div, "limit (tpm)",
+                        max([*tokens_per_min, 0.0]))  # fmt: skip
     bottom.set_ylabel("tokens / min")
     bottom.set_xlabel(unit)
-    if any(v is not None for v in rt.limit_tpm):
-        bottom.legend(loc="upper right")
+    bottom.legend(handles=[tokens] if limit is None else [tokens, limit], loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0))  # fmt: skip
     return _svg(fig, "realtime", "Real-time requests and tokens per minute")
 
 
+def _bars(ax: Axes, x: list[float], width: float, bottom: list[float], heights: list[float],
+          color: str, label: str) -> Any:  # fmt: skip
+    """Bars as one shape per series (``Axes.bar`` makes an artist per bar: a chart of 150
+    buckets took most of a report's drawing time). Returns the legend's handle."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.patches import Patch
+
+    boxes = [
+        [(left, low), (left + width, low), (left + width, low + h), (left, low + h)]
+        for left, low, h in zip(x, bottom, heights, strict=True)
+        if h
+    ]
+    if boxes:
+        # Above the grid lines (zorder 2), as lines are.
+        ax.add_collection(PolyCollection(boxes, facecolors=color, edgecolors="none", zorder=2))
+    # Scale the axes to the bars, from zero, even where no bar was drawn.
+    ax.update_datalim([(min(x), 0.0), (max(x) + width, max(0.0, *(
+        lo + h for lo, h in zip(bottom, heights, strict=True))))])  # fmt: skip
+    ax.autoscale_view()
+    return Patch(facecolor=color, label=label)
+
+
 def _limit_line(
-    ax: Axes, t: list[float], values: list[float | None], div: float, label: str
-) -> None:
+    ax: Axes, t: list[float], values: list[float | None], div: float, label: str, peak: float
+) -> Any:
+    """The limit in force over time, as a dashed step line; its legend handle, or None.
+
+    A limit far above what was sent (a provider's 10,000,000 a minute against a few hundred)
+    would flatten the bars to nothing: the chart keeps the bars' scale, and the legend gives
+    the limit's value instead.
+    """
+    from matplotlib.lines import Line2D
+
     points = [(ti / div, v) for ti, v in zip(t, values, strict=True) if v is not None]
     if not points:
-        return
+        return None
     xs, ys = zip(*points, strict=True)
+    style = {"color": COLORS["limit"], "linestyle": "--", "linewidth": 1.2}
+    if peak > 0 and min(ys) > 4 * peak:
+        ax.set_ylim(0, peak * 1.15)
+        label = f"{label} {min(ys):,.0f}{'+' if max(ys) > min(ys) else ''}, off the scale"
+        return Line2D([], [], label=label, **style)  # type: ignore[arg-type]
+    top = max(peak, min(ys)) * 1.15
+    if max(ys) > top:  # a later, higher limit: drawn to the edge, its value in the legend
+        ax.set_ylim(0, top)
+        label = f"{label}, up to {max(ys):,.0f}"
     right = ax.get_xlim()[1]
-    ax.step([*xs, max(right, xs[-1])], [*ys, ys[-1]], where="post", color=COLORS["limit"],
-            linestyle="--", linewidth=1.2, label=label)  # fmt: skip
+    (line,) = ax.step([*xs, max(right, xs[-1])], [*ys, ys[-1]], where="post", label=label,
+                      **style)  # type: ignore[arg-type]  # fmt: skip
+    return line
+
+
+def _legend_above(ax: Axes) -> None:
+    """The legend on the title's line, at the right: clear of the data, whatever its shape."""
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=2, borderaxespad=0.2)
 
 
 def latency_chart(data: ReportData) -> str | None:
@@ -180,7 +235,12 @@ def latency_chart(data: ReportData) -> str | None:
     p50 = statistics.median(ordered)
     p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
     fig, (ax,) = _figure(4.0, 2.8)
-    ax.hist(ordered, bins=min(40, max(5, len(ordered) // 5)), color=COLORS["ok"], alpha=0.85)
+    import numpy as np
+
+    # numpy's histogram drawn as one shape: ``Axes.hist`` adds an artist per bin.
+    counts, edges = np.histogram(ordered, bins=min(40, max(5, len(ordered) // 5)))
+    _bars(ax, [float(e) for e in edges[:-1]], float(edges[1] - edges[0]), [0.0] * len(counts),
+          [float(n) for n in counts], COLORS["ok"], "requests")  # fmt: skip
     for value, label, style in ((p50, "median", "-"), (p95, "p95", "--")):
         ax.axvline(value, color=COLORS["limit"], linestyle=style, linewidth=1,
                    label=f"{label} {value:.2f} s")  # fmt: skip
@@ -188,7 +248,7 @@ def latency_chart(data: ReportData) -> str | None:
     ax.set_ylabel("requests")
     sampled = " (sampled)" if data.latencies_sampled else ""
     ax.set_title(f"Latency{sampled}")
-    ax.legend(loc="upper right")
+    _legend_above(ax)
     return _svg(fig, "latency", "Latency of answered real-time requests")
 
 
@@ -272,5 +332,5 @@ def queue_chart(data: ReportData) -> str | None:
     ax.set_xlabel(unit)
     ax.set_ylabel("tokens")
     ax.set_title("Batch queue: tokens enqueued")
-    ax.legend(loc="upper right")
+    _legend_above(ax)
     return _svg(fig, "queue", "Enqueued tokens against the queue limit")

@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rowprompt import costs
-from rowprompt.answers import AnswerSpec
 from rowprompt.errors import JobNotFound, UsageError
-from rowprompt.jobs import SKIPPED_CODES
 from rowprompt.ledger import HEARTBEAT_STALE_SECONDS, default_home
 
 # Buckets are picked from these widths (seconds) so a chart has at most MAX_BUCKETS points.
@@ -108,6 +106,10 @@ class Counts:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     parse_checked: bool = False
+    batch_usage: tuple[int, int, float] | None = None
+    """Answered batch rows with usage: (prompt tokens, completion tokens, cost paid)."""
+    cache_usage: tuple[int, int] | None = None
+    """Answered cached rows with usage: (prompt tokens, completion tokens)."""
 
     @property
     def finished(self) -> int:
@@ -150,6 +152,12 @@ def _job(row: sqlite3.Row) -> JobInfo:
     )
 
 
+def row_label(job: JobInfo, position: int, key: str) -> str:
+    """How the CLI names a row (``Table.label``): its id with an id column, else its number
+    counted from 1 (the ledger's ``position`` counts from 0)."""
+    return key if job.id_column else str(position + 1)
+
+
 def find_job(db: sqlite3.Connection, id_or_prefix: str) -> JobInfo:
     """The job with this id or unique prefix, or :class:`JobNotFound`."""
     rows = db.execute(
@@ -167,58 +175,6 @@ def find_job(db: sqlite3.Connection, id_or_prefix: str) -> JobInfo:
     return _job(rows[0])
 
 
-_STATUS_SQL = f"""
-    CASE WHEN state = 'failed' AND error_code IN {SKIPPED_CODES!r} THEN 'skipped'
-         WHEN state = 'failed' THEN 'failed'
-         WHEN state = 'done' AND refusal IS NOT NULL THEN 'refused'
-         WHEN state = 'done' AND finish_reason = 'length' THEN 'truncated'
-         WHEN state = 'done' THEN 'ok'
-         ELSE state END
-"""
-
-
-def counts(db: sqlite3.Connection, job: JobInfo, *, check_parse: bool = False) -> Counts:
-    """Rows by status, via, tokens and cost; ``check_parse`` re-reads answers for parse errors."""
-    result = Counts()
-    for r in db.execute(
-        f"SELECT {_STATUS_SQL} AS status, via, count(*) AS n,"
-        " coalesce(sum(prompt_tokens), 0) AS pt, coalesce(sum(completion_tokens), 0) AS ct,"
-        " coalesce(sum(cost_usd), 0) AS cost FROM rows WHERE job_id = ? GROUP BY 1, 2",
-        (job.id,),
-    ):
-        result.total += r["n"]
-        result.statuses[r["status"]] = result.statuses.get(r["status"], 0) + r["n"]
-        if r["via"] and r["status"] not in ("pending", "in_flight"):
-            result.by_via[r["via"]] = result.by_via.get(r["via"], 0) + r["n"]
-        result.prompt_tokens += r["pt"]
-        result.completion_tokens += r["ct"]
-        result.cost_usd += r["cost"]
-    ok = result.statuses.get("ok", 0)
-    if check_parse and ok and job.answer_spec != "text" and ok <= PARSE_CHECK_LIMIT:
-        bad = _parse_errors(db, job)
-        if bad:
-            result.statuses["ok"] = ok - bad
-            result.statuses["parse_error"] = bad
-        result.parse_checked = True
-    return result
-
-
-def _parse_errors(db: sqlite3.Connection, job: JobInfo) -> int:
-    try:
-        spec = AnswerSpec.from_json(job.answer_spec)
-    except Exception:  # a spec from another version: parse errors are simply not counted
-        return 0
-    bad = 0
-    for (answer,) in db.execute(
-        "SELECT answer FROM rows WHERE job_id = ? AND state = 'done' AND refusal IS NULL"
-        " AND coalesce(finish_reason, '') != 'length'",
-        (job.id,),
-    ):
-        if not spec.parse(answer, structured=job.structured).ok:
-            bad += 1
-    return bad
-
-
 def job_state(job: JobInfo, c: Counts, has_open_batches: bool) -> str:
     """``done``, ``cancelled``, ``running``, ``waiting`` (on batches) or ``stopped``."""
     if job.state != "running":
@@ -230,7 +186,8 @@ def job_state(job: JobInfo, c: Counts, has_open_batches: bool) -> str:
     return "running" if job.driven else "stopped"
 
 
-def _open_batches(db: sqlite3.Connection, job_id: str) -> bool:
+def open_batches(db: sqlite3.Connection, job_id: str) -> bool:
+    """True while a batch of the job is planned or at the provider."""
     row = db.execute(
         "SELECT 1 FROM shards WHERE job_id = ? AND batch_id IS NOT NULL"
         " AND state IN ('planned', 'uploaded', 'submitted') LIMIT 1",
@@ -239,30 +196,39 @@ def _open_batches(db: sqlite3.Connection, job_id: str) -> bool:
     return row is not None
 
 
-def list_jobs(db: sqlite3.Connection) -> list[JobSummary]:
-    """Every job, newest first, with its counts."""
-    jobs = [_job(r) for r in db.execute("SELECT * FROM jobs ORDER BY created_at DESC")]
-    return [summarize(db, j) for j in jobs]
+def state_counts(db: sqlite3.Connection, job: JobInfo) -> dict[str, int]:
+    """Rows by ``state``, from an index alone (no row is read)."""
+    return {
+        str(s): int(n)
+        for s, n in db.execute(
+            "SELECT state, count(*) FROM rows WHERE job_id = ? GROUP BY state", (job.id,)
+        )
+    }
 
 
-def summarize(db: sqlite3.Connection, job: JobInfo) -> JobSummary:
-    """One job's counts and state, without re-parsing answers (cheap enough to poll)."""
-    c = counts(db, job)
-    return JobSummary(job, c, job_state(job, c, _open_batches(db, job.id)))
+def fingerprint(
+    db: sqlite3.Connection, job: JobInfo, states: dict[str, int] | None = None
+) -> tuple[Any, ...]:
+    """Changes whenever anything the report draws changes: cached renders key on it.
 
-
-def fingerprint(db: sqlite3.Connection, job_id: str) -> tuple[Any, ...]:
-    """Changes whenever anything the report draws changes: cached renders key on it."""
-    parts: list[Any] = []
+    Polled every 2 s, so every part is an index lookup or an index-only count, never a scan
+    of the job's rows: rows by state (any row that ends or goes back moves a count), the last
+    attempt logged (a row answered again, by repair, logs one), batch events and shards, the
+    recorded limits, and whether a live process still drives the job. ``states``: the rows by
+    state, when the caller has them already.
+    """
+    parts: list[Any] = [job.updated_at, job.state, job.driven]
+    parts.append(tuple(sorted((state_counts(db, job) if states is None else states).items())))
     for sql in (
-        "SELECT updated_at, state FROM jobs WHERE id = ?",
-        "SELECT max(updated_at), count(*) FROM rows WHERE job_id = ?",
-        "SELECT max(id), count(*) FROM attempts WHERE job_id = ?",
-        "SELECT max(id) FROM batch_events WHERE job_id = ?",
-        "SELECT max(updated_at) FROM shards WHERE job_id = ?",
+        "SELECT max(finished_at) FROM attempts WHERE job_id = ?",
+        "SELECT max(id), count(*) FROM batch_events WHERE job_id = ?",
+        "SELECT max(updated_at), count(*) FROM shards WHERE job_id = ?",
     ):
-        row = db.execute(sql, (job_id,)).fetchone()
-        parts.append(tuple(row) if row else None)
+        parts.append(tuple(db.execute(sql, (job.id,)).fetchone()))
+    if _has_table(db, "rate_limits"):
+        parts.append(
+            db.execute("SELECT count(*) FROM rate_limits WHERE job_id = ?", (job.id,)).fetchone()[0]
+        )
     return tuple(parts)
 
 
@@ -275,22 +241,16 @@ def price_full(job: JobInfo, prompt_tokens: int, completion_tokens: int) -> floa
         return None
 
 
-def savings(db: sqlite3.Connection, job: JobInfo) -> tuple[float | None, float | None]:
+def savings(job: JobInfo, c: Counts) -> tuple[float | None, float | None]:
     """(what batch mode saved, what the cache saved) in USD, priced as ``summarize`` does."""
     batch_saved: float | None = 0.0
     cache_saved: float | None = 0.0
-    for r in db.execute(
-        "SELECT via, coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),"
-        " coalesce(sum(cost_usd), 0) FROM rows WHERE job_id = ? AND state = 'done'"
-        " AND via IN ('batch', 'cache') AND prompt_tokens IS NOT NULL"
-        " AND completion_tokens IS NOT NULL GROUP BY via",
-        (job.id,),
-    ):
-        full = price_full(job, int(r[1]), int(r[2]))
-        if r[0] == "batch":
-            batch_saved = None if full is None else full - float(r[3])
-        else:
-            cache_saved = full
+    if c.batch_usage is not None:
+        pt, ct, paid = c.batch_usage
+        full = price_full(job, pt, ct)
+        batch_saved = None if full is None else full - paid
+    if c.cache_usage is not None:
+        cache_saved = price_full(job, *c.cache_usage)
     return batch_saved, cache_saved
 
 

@@ -126,6 +126,7 @@ def write_report(job_id: str, home: str | None, output: str | None = None) -> Pa
     """Write a job's report (to ``output``, else ``HOME/reports/JOB.html``); returns its path.
 
     Written to a temporary file first and renamed, so a reader never sees half a report.
+    Readable by its owner only, as the ledger is: it holds inputs and answers.
     """
     with open_readonly(home) as db:
         job = find_job(db, job_id)
@@ -136,7 +137,7 @@ def write_report(job_id: str, home: str | None, output: str | None = None) -> Pa
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(html)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o600)  # mkstemp makes it so already; said here so no edit loosens it
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -10,20 +10,31 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 
+from rowprompt.jobs import SKIPPED_CODES
 from rowprompt.report.data import (
-    LATENCY_SAMPLE,
-    SKIPPED_CODES,
     TERMINAL,
     Counts,
     JobInfo,
     _has_table,
     bucket_width,
-    counts,
     job_state,
     price_full,
+    row_label,
     savings,
 )
 from rowprompt.report.samples import SampleRow, sample_rows
+from rowprompt.report.tally import (
+    ERRORS,
+    LIMITED,
+    OK,
+    RETRIES,
+    TOKENS,
+    AttemptTally,
+    LiveTallies,
+    RowTally,
+    counts,
+    latency_stride,
+)
 
 # Provider statuses during which a batch's tokens count against the model's queue limit.
 _ENQUEUED = ("validating", "in_progress", "finalizing")
@@ -84,6 +95,7 @@ class FailureGroup:
     count: int
     message: str
     examples: list[tuple[int, str, str]]
+    """(position, the row as the CLI names it, message) of the first few rows."""
 
 
 @dataclass
@@ -117,12 +129,7 @@ class ReportData:
         return max(0.0, self.end - self.t0)
 
 
-def _span(db: sqlite3.Connection, job: JobInfo, live: bool) -> tuple[float, float]:
-    first = db.execute(
-        "SELECT min(t) FROM (SELECT min(coalesce(started_at, finished_at)) AS t FROM attempts"
-        " WHERE job_id = ? UNION ALL SELECT min(at) FROM batch_events WHERE job_id = ?)",
-        (job.id, job.id),
-    ).fetchone()[0]
+def _last_activity(db: sqlite3.Connection, job: JobInfo, t0: float) -> float:
     last = db.execute(
         "SELECT max(t) FROM (SELECT max(finished_at) AS t FROM attempts WHERE job_id = ?"
         " UNION ALL SELECT max(at) FROM batch_events WHERE job_id = ?"
@@ -130,44 +137,30 @@ def _span(db: sqlite3.Connection, job: JobInfo, live: bool) -> tuple[float, floa
         " AND state IN ('done', 'failed'))",
         (job.id, job.id, job.id),
     ).fetchone()[0]
-    t0 = float(first) if first is not None else job.created_at
-    end = time.time() if live else float(last or job.updated_at)
-    return t0, max(end, t0)
+    return max(float(last or job.updated_at), t0)
 
 
-def _realtime(db: sqlite3.Connection, job: JobInfo, t0: float, end: float) -> Realtime | None:
-    width = bucket_width(end - t0)
-    rows = db.execute(
-        "SELECT CAST((finished_at - :t0) / :w AS INTEGER) AS b,"
-        " sum(status_code = 200) AS ok,"
-        " sum(status_code = 429) AS limited,"
-        " sum(coalesce(status_code, 0) NOT IN (200, 429)) AS errors,"
-        " sum(retry) AS retries,"
-        " coalesce(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)), 0) AS tok"
-        " FROM (SELECT finished_at, status_code, prompt_tokens, completion_tokens,"
-        "   row_number() OVER (PARTITION BY key ORDER BY id) > 1 AS retry"
-        "   FROM attempts WHERE job_id = :job AND via = 'realtime')"
-        " GROUP BY b ORDER BY b",
-        {"t0": t0, "w": width, "job": job.id},
-    ).fetchall()
-    if not rows:
+def _realtime(db: sqlite3.Connection, job: JobInfo, attempts: AttemptTally,
+              width: int) -> Realtime | None:  # fmt: skip
+    by_bucket = attempts.buckets(width)
+    if not by_bucket:
         return None
     series = Realtime(bucket_s=width)
-    by_bucket = {int(r["b"]): r for r in rows}
+    empty = [0, 0, 0, 0, 0]
     for b in range(0, max(by_bucket) + 1):
-        r = by_bucket.get(b)
+        r = by_bucket.get(b, empty)
         series.t.append(b * width)
-        series.ok.append(int(r["ok"] or 0) if r else 0)
-        series.rate_limited.append(int(r["limited"] or 0) if r else 0)
-        series.errors.append(int(r["errors"] or 0) if r else 0)
-        series.retries.append(int(r["retries"] or 0) if r else 0)
-        series.tokens.append(int(r["tok"] or 0) if r else 0)
-    _limits(db, job, t0, series)
+        series.ok.append(r[OK])
+        series.rate_limited.append(r[LIMITED])
+        series.errors.append(r[ERRORS])
+        series.retries.append(r[RETRIES])
+        series.tokens.append(r[TOKENS])
+    _limits(db, job, attempts.t0, series)
     return series
 
 
 def _limits(db: sqlite3.Connection, job: JobInfo, t0: float, series: Realtime) -> None:
-    # Not recorded by the ledger yet (see docs/report.md): read it where a later schema has it.
+    # Recorded since migration 3; a ledger made before it has no history to draw.
     if not _has_table(db, "rate_limits"):
         return
     try:
@@ -182,35 +175,17 @@ def _limits(db: sqlite3.Connection, job: JobInfo, t0: float, series: Realtime) -
         series.limit_tpm.append(r["tpm"])
 
 
-def _latencies(db: sqlite3.Connection, job: JobInfo) -> tuple[list[float], bool]:
-    where = "job_id = ? AND via = 'realtime' AND started_at IS NOT NULL AND status_code = 200"
-    n = db.execute(f"SELECT count(*) FROM attempts WHERE {where}", (job.id,)).fetchone()[0]
-    stride = max(1, -(-n // LATENCY_SAMPLE))
-    rows = db.execute(
-        f"SELECT finished_at - started_at FROM attempts WHERE {where} AND id % ? = 0",
-        (job.id, stride),
-    ).fetchall()
-    return [max(0.0, float(r[0])) for r in rows], stride > 1
-
-
 def _cost(
-    db: sqlite3.Connection, job: JobInfo, t0: float, end: float
+    job: JobInfo, rows: RowTally, width: int
 ) -> tuple[list[float], list[float], list[float | None]]:
-    width = bucket_width(end - t0)
-    rows = db.execute(
-        "SELECT max(0, CAST((updated_at - ?) / ? AS INTEGER)) AS b, coalesce(sum(cost_usd), 0),"
-        " coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)"
-        " FROM rows WHERE job_id = ? AND state = 'done' GROUP BY b ORDER BY b",
-        (t0, width, job.id),
-    ).fetchall()
     t: list[float] = [0.0]
     actual: list[float] = [0.0]
     full: list[float | None] = [0.0]
-    for b, cost, pt, ct in rows:
+    for b, (cost, pt, ct) in sorted(rows.cost_buckets(width).items()):
         price = price_full(job, int(pt), int(ct))
         last_full = full[-1]
-        t.append((int(b) + 1) * width)
-        actual.append(actual[-1] + float(cost))
+        t.append((b + 1) * width)
+        actual.append(actual[-1] + cost)
         full.append(None if price is None or last_full is None else last_full + price)
     return t, actual, full
 
@@ -282,7 +257,7 @@ def _failures(db: sqlite3.Connection, job: JobInfo) -> list[FailureGroup]:
     result = []
     for g in groups:
         examples = [
-            (int(r[0]), str(r[1]), str(r[2] or ""))
+            (int(r[0]), row_label(job, int(r[0]), str(r[1])), str(r[2] or ""))
             for r in db.execute(
                 "SELECT position, key, error_message FROM rows WHERE job_id = ?"
                 " AND state = 'failed' AND coalesce(error_code, 'unknown') = ?"
@@ -295,16 +270,10 @@ def _failures(db: sqlite3.Connection, job: JobInfo) -> list[FailureGroup]:
     return result
 
 
-def _retried(db: sqlite3.Connection, job: JobInfo) -> list[tuple[str, int]]:
+def _retried(attempts: AttemptTally) -> list[tuple[str, int]]:
     """Failed attempts by kind (429, 5xx, ...), including those a retry then fixed."""
-    return [
-        (f"{r[0] or 'no answer'} {r[1] or ''}".strip(), int(r[2]))
-        for r in db.execute(
-            "SELECT status_code, error_code, count(*) FROM attempts WHERE job_id = ?"
-            " AND coalesce(status_code, 0) != 200 GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 20",
-            (job.id,),
-        )
-    ]
+    kinds = sorted(attempts.failed_kinds.items(), key=lambda kv: -kv[1])[:20]
+    return [(f"{status or 'no answer'} {code or ''}".strip(), n) for (status, code), n in kinds]
 
 
 def load_report(
@@ -313,27 +282,43 @@ def load_report(
     *,
     check_parse: bool = True,
     read_inputs: bool = True,
+    keep: LiveTallies | None = None,
+    states: dict[str, int] | None = None,
 ) -> ReportData:
     """Read one job's report from an open read-only ledger.
 
     ``check_parse`` re-parses every answer to count parse errors, ``read_inputs`` reads the
     input file for the sample; the live view skips the first while a job runs, to stay cheap.
+    ``keep`` holds what the last read of this job left: the live view passes the same one
+    at every refresh, so only what changed since is read (see :mod:`rowprompt.report.tally`).
+    ``states``: the job's rows by state, when the caller has just read them (in this snapshot).
     """
-    c = counts(db, job, check_parse=check_parse)
-    open_batches = bool(
-        db.execute(
-            "SELECT 1 FROM shards WHERE job_id = ? AND state IN ('planned','uploaded','submitted')",
-            (job.id,),
-        ).fetchone()
-    )
-    state = job_state(job, c, open_batches)
-    t0, end = _span(db, job, live=state in ("running", "waiting"))
-    batch_saved, cache_saved = savings(db, job)
-    latencies, sampled = _latencies(db, job)
-    cost_t, cost_actual, cost_full = _cost(db, job, t0, end)
+    if keep is None:
+        attempts = AttemptTally.build(db, job)
+        rows = RowTally.build(db, job, attempts.t0, live=False, states=states)
+    else:
+        attempts = keep.attempts.refresh(db, job) if keep.attempts else AttemptTally.build(db, job)
+        t0 = attempts.t0
+        rows = (
+            keep.rows.refresh(db, job, t0, states)
+            if keep.rows
+            else RowTally.build(db, job, t0, live=True, states=states)
+        )
+        keep.attempts, keep.rows = attempts, rows
+    c = counts(db, job, check_parse=check_parse, tally=rows)
+    has_batches = db.execute(
+        "SELECT 1 FROM shards WHERE job_id = ? AND state IN ('planned','uploaded','submitted')",
+        (job.id,),
+    ).fetchone()
+    state = job_state(job, c, has_batches is not None)
+    t0 = attempts.t0
+    end = max(time.time(), t0) if state in ("running", "waiting") else _last_activity(db, job, t0)
+    width = bucket_width(end - t0)
+    batch_saved, cache_saved = savings(job, c)
+    cost_t, cost_actual, cost_full = _cost(job, rows, width)
     shards = _shards(db, job)
     notes: list[str] = []
-    realtime = _realtime(db, job, t0, end)
+    realtime = _realtime(db, job, attempts, width)
     if realtime is not None and not realtime.limit_t:
         notes.append(
             "The rate limit in force is not recorded in this ledger, so the request chart"
@@ -349,15 +334,15 @@ def load_report(
         end=end,
         generated_at=time.time(),
         realtime=realtime,
-        latencies=latencies,
-        latencies_sampled=sampled,
+        latencies=[max(0.0, v) for _, v in attempts.latencies],
+        latencies_sampled=latency_stride(attempts.answered) > 1,
         cost_t=cost_t,
         cost_actual=cost_actual,
         cost_full=cost_full,
         shards=shards,
         queue=_queue(db, job, shards, t0) if shards else None,
         failures=_failures(db, job),
-        retried=_retried(db, job),
+        retried=_retried(attempts),
         sample=sample_rows(db, job, read_inputs=read_inputs),
         notes=notes,
     )

@@ -140,13 +140,13 @@ BODY = """
 <h2>Failures</h2>
 {% if d.failures %}<table class="failures"><tr><th>reason</th><th class="num">rows</th><th>message</th><th>examples (row: message)</th></tr>
 {% for f in d.failures %}<tr><td><code>{{ f.code }}</code>{% if f.status == "skipped" %} (skipped){% endif %}</td><td class="num">{{ "{:,}".format(f.count) }}</td>
-<td class="wrap">{{ f.message }}</td><td class="wrap">{% for pos, key, msg in f.examples %}row {{ pos }}{% if key != pos|string %} ({{ key }}){% endif %}{% if msg and msg != f.message %}: {{ msg }}{% endif %}{% if not loop.last %}<br>{% endif %}{% endfor %}</td></tr>{% endfor %}
+<td class="wrap">{{ f.message }}</td><td class="wrap">{% for pos, label, msg in f.examples %}row {{ label }}{% if msg and msg != f.message %}: {{ msg }}{% endif %}{% if not loop.last %}<br>{% endif %}{% endfor %}</td></tr>{% endfor %}
 </table>{% else %}<p class="empty">No row has failed.</p>{% endif %}
 
 <h2>Sample of answers</h2>
 {% if d.sample %}<table class="sample"><tr><th class="num">row</th>
 {% for col in input_columns %}<th>{{ col }}</th>{% endfor %}{% if not input_columns %}<th>prompt sent</th>{% endif %}<th>answer</th><th>via</th></tr>
-{% for r in d.sample %}<tr><td class="num">{{ r.position }}</td>
+{% for r in d.sample %}<tr><td class="num">{{ r.label }}</td>
 {% for col in input_columns %}<td class="wrap">{{ r.inputs.get(col, "") }}</td>{% endfor %}
 {% if not input_columns %}<td class="wrap">{{ r.prompt or "(input not available)" }}</td>{% endif %}
 <td class="wrap">{{ r.answer }}</td><td>{{ r.via or "" }}</td></tr>{% endfor %}
