@@ -15,6 +15,7 @@ from openai import OpenAI
 
 from rowprompt.cli import main
 from rowprompt.sandbox import Sandbox
+from rowprompt.sandbox.model import expected_answer
 from tests.helpers import RP, fast_config, run_cli
 
 PROMPT = "Summarise: {{ text }}"
@@ -25,6 +26,12 @@ def table(path: Path, n: int = 5) -> Path:
         {"id": [f"a{i}" for i in range(n)], "text": [f"row {i}" for i in range(n)]}
     ).to_csv(path, index=False)
     return path
+
+
+def sandbox_answer(content: str) -> str | None:
+    """What the sandbox answers a plain chat request whose one user message is ``content``."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
+    return expected_answer(body)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -208,6 +215,8 @@ def test_a_batch_job_killed_after_submission_creates_no_new_batch(tmp_path: Path
         frame = pd.read_csv(out, dtype=str)
         assert list(frame["id"]) == [f"a{i}" for i in range(30)]
         assert list(frame["_status"]) == ["ok"] * 30
+        # Each answer is the sandbox's answer to that row's own prompt: joined to the right row.
+        assert list(frame["response"]) == [sandbox_answer(f"Summarise: row {i}") for i in range(30)]
 
 
 def test_a_realtime_job_killed_halfway_asks_no_finished_row_again(tmp_path: Path) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -26,15 +28,24 @@ PLAIN_INTERVAL_S = 5.0
 class ProgressView:
     """Shows rows done/failed, tokens, cost so far and ETA, and one-line messages."""
 
-    def __init__(self, stream: TextIO | None = None, *, quiet: bool = False) -> None:
-        self.stream = stream or sys.stderr
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        quiet: bool = False,
+        console: Console | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.console = console or Console(file=stream or sys.stderr, highlight=False)
+        self.stream = stream or self.console.file
         self.quiet = quiet
-        self.console = Console(file=self.stream, highlight=False)
         self.live = self.console.is_terminal and not quiet
+        self._clock = clock
         self._progress: Progress | None = None
         self._task: TaskID | None = None
-        self._last_plain = 0.0
+        self._last_plain = -math.inf
         self._last: JobProgress | None = None
+        self._first: tuple[float, int] | None = None
         self._stats_line = ""
 
     def __enter__(self) -> ProgressView:
@@ -48,6 +59,7 @@ class ProgressView:
                 TimeRemainingColumn(),
                 console=self.console,
                 transient=False,
+                get_time=self._clock,
             )
             self._progress.start()
             self._task = self._progress.add_task("rows", total=None, detail="")
@@ -67,6 +79,8 @@ class ProgressView:
     def update(self, progress: JobProgress) -> None:
         """A new count of the job's rows."""
         self._last = progress
+        if self._first is None:
+            self._first = (self._clock(), progress.finished)
         if self._progress is not None and self._task is not None:
             self._progress.update(
                 self._task,
@@ -74,15 +88,30 @@ class ProgressView:
                 completed=progress.finished,
                 detail=_detail(progress),
             )
-        elif not self.quiet and time.monotonic() - self._last_plain >= PLAIN_INTERVAL_S:
+        elif not self.quiet and self._clock() - self._last_plain >= PLAIN_INTERVAL_S:
             self._plain(progress)
 
+    def eta_s(self, progress: JobProgress) -> float | None:
+        """Seconds left at the pace rows have finished since the first count; None before
+        any row finished here, or when none is left."""
+        if self._first is None:
+            return None
+        started, finished_then = self._first
+        elapsed = self._clock() - started
+        finished = progress.finished - finished_then
+        left = progress.total - progress.finished
+        if left <= 0 or finished <= 0 or elapsed <= 0:
+            return None
+        return left * elapsed / finished
+
     def _plain(self, progress: JobProgress) -> None:
-        self._last_plain = time.monotonic()
+        self._last_plain = self._clock()
         if self._stats_line:
             print(f"rate: {self._stats_line}", file=self.stream, flush=True)
+        eta = self.eta_s(progress)
         print(
-            f"progress: {progress.finished}/{progress.total} rows, {_detail(progress)}",
+            f"progress: {progress.finished}/{progress.total} rows, {_detail(progress)}"
+            + (f", ETA {_duration(eta)}" if eta is not None else ""),
             file=self.stream,
             flush=True,
         )
@@ -109,3 +138,15 @@ def _detail(p: JobProgress) -> str:
         f"{p.done} ok, {p.failed} failed, {p.in_flight} in flight, "
         f"{p.prompt_tokens + p.completion_tokens:,} tokens, ${p.cost_usd:.4f}"
     )
+
+
+def _duration(seconds: float) -> str:
+    """``45s``, ``2m05s``, ``3h07m``: short enough for a progress line."""
+    whole = math.ceil(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
