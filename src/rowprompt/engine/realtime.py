@@ -467,6 +467,9 @@ class RealtimeEngine:
                 continue
             except Permanent as exc:
                 log(attempt + tries, started, exc)
+                # This request is over: its slot frees now, before on_permanent asks the rows
+                # of a refused group alone (they wait for slots, and would wait for this one).
+                self._release(task)
                 if on_permanent is None or not await on_permanent(exc, tries):
                     fail(exc)
                 return None
