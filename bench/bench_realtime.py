@@ -36,7 +36,6 @@ import httpx2
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rowprompt.engine.ratelimit import Limiter
-from rowprompt.sandbox import SandboxConfig
 from rt_harness import (
     MODEL,
     SandboxProcess,
@@ -239,9 +238,6 @@ def main() -> int:
     names = [args.only] if args.only else list(SCENARIOS)
     results = []
     for name in names:
-        if name == "unknown-noheaders" and "rate_limit_headers" not in SandboxConfig.model_fields:
-            print("unknown-noheaders: skipped, this sandbox has no --no-rate-limit-headers")
-            continue
         if name == "ceiling":
             results.append(bench_ceiling(args))
         elif name == "faults":

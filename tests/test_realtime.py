@@ -19,7 +19,7 @@ from rowprompt.errors import QuotaExhausted
 from rowprompt.jobs import JobSpec, RowState
 from rowprompt.ledger import Ledger
 from rowprompt.providers.openai import OpenAIProvider
-from rowprompt.sandbox import FaultConfig, Sandbox, SandboxConfig
+from rowprompt.sandbox import FaultConfig, Sandbox
 from tests.helpers import fast_config
 
 MODEL = "gpt-4o-mini"
@@ -310,14 +310,6 @@ def test_without_max_tokens_the_engine_reserves_what_the_provider_counts(tmp_pat
         assert counted == sum(e["prompt_tokens"] for e in chat_log(sb))
 
 
-HEADERLESS = "rate_limit_headers" in SandboxConfig.model_fields
-
-
-@pytest.mark.skipif(
-    not HEADERLESS,
-    reason="needs SandboxConfig.rate_limit_headers (/tmp/patches/fix4-sandbox.diff,"
-    " sandbox --no-rate-limit-headers)",
-)
 def test_a_limit_nobody_announces_is_learned_and_held(tmp_path: Path) -> None:
     # 600 RPM, no x-ratelimit-* headers, no --rpm: the bucket of 600 empties, then the engine
     # measures what the server admits while it refuses the excess, and paces at that.
