@@ -9,11 +9,14 @@ Decisions worth knowing:
 - CSV/TSV cells are read as text, untouched: ``007`` stays ``007``, ``NA`` stays ``NA``, an
   empty cell is ``""``. A row with fewer fields than the header is padded with ``""``; a row
   with more is an error. A UTF-8 byte-order mark is dropped. TSV quotes like CSV (``"``), as
-  Excel writes it, so cells may hold tabs and newlines.
+  Excel writes it, so cells may hold tabs and newlines. A line that is empty or holds only
+  spaces (in CSV, spaces and tabs; in TSV a tab separates cells) carries no row: in a
+  one-column file, quote a cell of only spaces to keep its row.
 - XLSX keeps the types Excel stores (numbers, dates, text); empty cells are missing (NaN),
   trailing empty rows and columns are dropped, formulas give their cached values.
 - JSONL keeps JSON types: nested values stay nested, big integers stay exact, columns appear
-  in the order keys are first seen, a key absent from a line is missing on that row.
+  in the order keys are first seen, a key absent from a line is missing on that row, a key
+  repeated within a line is refused (JSON parsers keep only its last value).
 - Column names are always strings; an empty name is kept, two columns with the same name
   (two empty names included) are refused.
 - Writing is atomic (a temporary file in the target directory, then ``os.replace``). XLSX
@@ -27,6 +30,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import difflib
 import hashlib
@@ -256,13 +260,73 @@ def _read_bytes(path: Path, name: str) -> bytes:
         raise InputError(f"{name}: cannot read it: {exc.strerror or exc}") from exc
 
 
+def _delimited_place(data: bytes, at: int, sep: str) -> str:
+    """Which row and column byte ``at`` of a CSV/TSV file falls in, for messages.
+
+    The bytes before ``at`` are valid UTF-8 (``at`` is where decoding failed), so they parse;
+    a marker character stands for the bad byte, and the last record holds it.
+    """
+    text = data[:at].decode("utf-8", "replace").removeprefix("\ufeff") + "\x01"
+    records = list(csv.reader(io.StringIO(text, newline=""), delimiter=sep))
+    if not records:
+        return "row 1"
+    field = len(records[-1]) - 1
+    if len(records) == 1:
+        return f"the header, column {field + 1}"
+    header = records[0]
+    column = repr(header[field]) if field < len(header) else str(field + 1)
+    return f"row {len(records) - 1}, column {column}"
+
+
+def _jsonl_place(line: bytes) -> str:
+    """Which column (top-level key) of a JSON line the end of ``line`` falls in: ``column
+    'name'``, ``a column name`` inside or in place of a key, ``outside any column``."""
+    depth, in_string, escaped, want_key, is_key = 0, False, False, False, False
+    key: str | None = None
+    current: list[str] = []
+    for char in line.decode("utf-8", "replace"):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+                if is_key:
+                    key = "".join(current)
+            elif is_key:
+                current.append(char)
+            continue
+        if char == '"':
+            in_string, is_key, current = True, depth == 1 and want_key, []
+        elif char in "{[":
+            depth += 1
+            want_key = char == "{" and depth == 1
+        elif char in "}]":
+            depth -= 1
+        elif char == "," and depth == 1:
+            want_key = True
+        elif char == ":" and depth == 1:
+            want_key = False
+    if depth < 1:
+        return "outside any column"
+    if (is_key and in_string) or (want_key and depth == 1) or key is None:
+        return "a column name"
+    return f"column {key!r}"
+
+
+def _not_utf8(name: str, data: bytes, exc: UnicodeDecodeError, place: str) -> str:
+    line = data.count(b"\n", 0, exc.start) + 1
+    where = f", {place}" if place else ""
+    return f"{name}: not valid UTF-8 at byte {exc.start} (line {line}){where}"
+
+
 def _read_delimited(data: bytes, name: str, sheet: str | None, *, sep: str) -> pd.DataFrame:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
         raise InputError(
-            f"{name}: not valid UTF-8 at byte {exc.start} (line {line})",
+            _not_utf8(name, data, exc, _delimited_place(data, exc.start, sep)),
             hint="Re-save the file as UTF-8 (in Excel: 'CSV UTF-8').",
         ) from exc
     if data.startswith(b"\xef\xbb\xbf"):
@@ -335,9 +399,12 @@ def _read_jsonl(data: bytes, name: str, sheet: str | None) -> pd.DataFrame:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        bad_line = data.count(b"\n", 0, exc.start) + 1
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        # Rows are the file's non-blank lines: count those before this one.
+        row = 1 + sum(1 for line in data[:start].split(b"\n") if line.strip())
+        place = f"row {row}, {_jsonl_place(data[start : exc.start])}"
         raise InputError(
-            f"{name}: not valid UTF-8 at byte {exc.start} (line {bad_line})",
+            _not_utf8(name, data, exc, place),
             hint="Re-save the file as UTF-8.",
         ) from exc
     records: list[dict[str, Any]] = []
@@ -357,10 +424,37 @@ def _read_jsonl(data: bytes, name: str, sheet: str | None) -> pd.DataFrame:
                 f"{name}: line {number} is a JSON {type(record).__name__}, not an object",
                 hint='Each line must be one JSON object, like {"text": "..."}.',
             )
+        # Every key written ends in `"` then `:`; fewer of those than the keys kept proves no
+        # key repeats, so the slower check runs only on lines with nesting or `":` in text.
+        if len(_KEY_END.findall(line)) > len(record):
+            repeated = _repeated_key(line)
+            if repeated is not None:
+                raise InputError(
+                    f"{name}: line {number}, row {len(records) + 1}, column {repeated!r}:"
+                    " the key is written twice",
+                    hint="Give each key of a line a distinct name: JSON would keep only the"
+                    " last value.",
+                )
         order.update(dict.fromkeys(record))
         records.append(record)
     columns = {key: _typed_series([r.get(key) for r in records]) for key in order}
     return pd.DataFrame(columns, index=pd.RangeIndex(len(records)))
+
+
+_KEY_END = re.compile(r'"\s*:')
+
+
+def _repeated_key(line: str) -> str | None:
+    """A top-level key written twice in this JSON object line, or None."""
+    objects: list[list[tuple[str, Any]]] = []
+
+    def keep(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        objects.append(pairs)
+        return dict(pairs)
+
+    json.loads(line, object_pairs_hook=keep)
+    counts = Counter(key for key, _ in objects[-1])  # the outermost object is built last
+    return next((key for key, count in counts.items() if count > 1), None)
 
 
 def _typed_series(values: list[Any]) -> pd.Series:

@@ -237,20 +237,33 @@ class PromptTemplate:
         return found
 
     def check_columns(self, columns: Sequence[str], *, source: str) -> None:
-        """Refuse a template naming a column that ``source`` lacks, before anything is sent."""
+        """Refuse a template naming a column that ``source`` lacks, before anything is sent;
+        and one writing ``{{ none }}`` (Jinja's literal) for a column named ``none``."""
         existing = [str(c) for c in columns]
         known = set(existing)
+        texts = {self.prompt_origin: self.prompt, self.system_origin: self.system or ""}
         for _, origin, ast, _ in self._compiled:
             for name in sorted(_referenced_columns(ast) - known):
                 raise TemplateError(
                     f"{origin}: the template names column {name!r}, which {source} lacks",
                     hint=_missing_hint(name, existing),
                 )
+            for name in _literals_named_like(texts[origin], known):
+                # Jinja reads the name as its constant: the prompt would silently lack the cell.
+                raise TemplateError(
+                    f"{origin}: {{{{ {name} }}}} is Jinja's constant {name}, not column"
+                    f" {name!r} of {source}",
+                    hint=f'Write {{{{ row["{name}"] }}}} for the column.',
+                )
 
-    def render(self, row: Mapping[str, Any], *, key: str | None = None) -> list[dict[str, Any]]:
+    def render(
+        self, row: Mapping[str, Any], *, key: str | None = None, source: str | None = None
+    ) -> list[dict[str, Any]]:
         """The chat messages for one row: an optional system message, then the user's.
 
         A user message that places images has a list of content parts (see the module doc).
+        ``key`` (the row's label) and ``source`` (the table's file) name the row in errors:
+        with ``source``, a render error reads ``FILE, row KEY, column 'C': ...``.
         """
         fast = self._fast
         if fast is not None:
@@ -271,38 +284,45 @@ class PromptTemplate:
                 ]
             except Exception:  # a missing column or an odd value: Jinja says why
                 pass
-        return self._render_jinja(row, key=key)
+        return self._render_jinja(row, key=key, source=source)
 
     def _render_jinja(
-        self, row: Mapping[str, Any], *, key: str | None = None
+        self, row: Mapping[str, Any], *, key: str | None = None, source: str | None = None
     ) -> list[dict[str, Any]]:
         """:meth:`render` through the compiled Jinja templates."""
         values = {str(k): template_value(v) for k, v in row.items()}
         context = {k: v for k, v in values.items() if k.isidentifier()}
         context[ROW_VARIABLE] = values
+        where = f"row {key}" if key is not None else "a row"
         messages: list[dict[str, Any]] = []
-        for role, origin, _, template in self._compiled:
+        for role, origin, ast, template in self._compiled:
             sink = _ImageSink(secrets.token_hex(8)) if role == "user" and self.uses_images else None
             token = _IMAGE_SINK.set(sink)
             try:
                 content: str | list[dict[str, Any]] = template.render(context)
             except TemplateError as exc:  # the image filter's: name the row
-                where = f"row {key}" if key is not None else "a row"
-                raise TemplateError(f"{origin}: {where}: {exc.message}", hint=exc.hint) from exc
+                place = f"{source}, {where}: {origin}" if source else f"{origin}: {where}"
+                raise TemplateError(f"{place}: {exc.message}", hint=exc.hint) from exc
             except jinja2.UndefinedError as exc:
                 match = _UNDEFINED_NAME.search(str(exc))
                 name = next((g for g in match.groups() if g is not None), "") if match else ""
-                where = f"row {key}" if key is not None else "a row"
-                raise TemplateError(
-                    f"{origin}: {where} has no column {name!r} the template asks for",
-                    hint=_missing_hint(name, list(values)),
-                ) from exc
+                message = (
+                    f"{source}, {where}, column {name!r}: no such column, and the {origin}"
+                    " template asks for it"
+                    if source
+                    else f"{origin}: {where} has no column {name!r} the template asks for"
+                )
+                raise TemplateError(message, hint=_missing_hint(name, list(values))) from exc
             except Exception as exc:  # a template bug shows on a row: name the row, not a trace
-                where = f"row {key}" if key is not None else "a row"
-                raise TemplateError(
-                    f"{origin}: rendering failed on {where}: {type(exc).__name__}: {exc}",
-                    hint="Fix the template expression.",
-                ) from exc
+                failure = f"{type(exc).__name__}: {exc}"
+                # Jinja does not say which expression failed: name the columns it reads.
+                message = (
+                    f"{source}, {where}{_columns_phrase(ast)}: the {origin} template failed:"
+                    f" {failure}"
+                    if source
+                    else f"{origin}: rendering failed on {where}: {failure}"
+                )
+                raise TemplateError(message, hint="Fix the template expression.") from exc
             finally:
                 _IMAGE_SINK.reset(token)
             if sink is not None and sink.refs:
@@ -314,6 +334,32 @@ class PromptTemplate:
         """A stable sha256 of the prompt and system templates: part of a job's identity."""
         text = json.dumps({"prompt": self.prompt, "system": self.system}, sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+_LITERAL_NAMES = frozenset({"none", "true", "false", "None", "True", "False"})
+
+
+def _literals_named_like(text: str, columns: set[str]) -> list[str]:
+    """Jinja constants (``none``, ``true``...) the template writes as bare names that are
+    also column names; ``row.none`` is the column, and is not one of them."""
+    found: list[str] = []
+    after_dot = False
+    for _, kind, value in _ENV.lex(text):
+        if kind == "whitespace":
+            continue
+        if kind == "name" and value in _LITERAL_NAMES and value in columns and not after_dot:
+            found.append(value)
+        after_dot = kind == "operator" and value == "."
+    return found
+
+
+def _columns_phrase(ast: nodes.Template) -> str:
+    """``, column 'a'`` or ``, columns 'a', 'b'``: what a template reads; "" for none."""
+    names = sorted(_referenced_columns(ast))
+    if not names:
+        return ""
+    shown = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+    return f", column{'s' if len(names) > 1 else ''} {shown}"
 
 
 def _referenced_columns(ast: nodes.Template) -> set[str]:

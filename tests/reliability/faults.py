@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 from rowprompt import api
@@ -17,6 +16,7 @@ from tests.reliability.harness import (
     expected_answers,
     make_table,
     paid_per_row,
+    record_final,
 )
 
 # name: (mode, faults, request timeout)
@@ -32,6 +32,14 @@ FAULTS: dict[str, tuple[str, FaultConfig, float]] = {
         0.5,
     ),
     "lines missing from batch output": ("batch", FaultConfig(output_drop_rate=0.2), 30.0),
+    "truncated lines in batch output": ("batch", FaultConfig(output_truncate_rate=0.2), 30.0),
+    # Not excused: the file is still there, so no row of it may be paid twice.
+    "download cut mid-file": ("batch", FaultConfig(download_cut_nth=[1]), 30.0),
+    "output file ending early": (
+        "batch",
+        FaultConfig(download_cut_nth=[1], download_cut_style="short"),
+        30.0,
+    ),
     "first batch fails validation": ("batch", FaultConfig(batch_fail_nth=[1]), 30.0),
     "first batch expires half done": ("batch", FaultConfig(batch_expire_nth=[1]), 30.0),
     "hybrid, 5xx and missing lines": (
@@ -71,23 +79,20 @@ def fault_trial(name: str, workdir: Path, *, n: int = 40, seed: int = 0) -> Tria
         except Exception as exc:  # an error without a clear message
             trial.unclear_errors += 1
             trial.notes.append(f"unexpected {type(exc).__name__}: {exc}")
-        result = check_output(out, n, expected_answers(n, seed + 1))
-        trial.lost, trial.duplicated, trial.wrong = result.lost, result.duplicated, result.wrong
-        pending = result.statuses.get("pending", 0)
-        trial.lost += pending  # a row that never settled counts as lost here
-        trial.unclear_errors += result.reasonless_failures
-        if result.not_ok:
-            trial.notes.append(f"statuses {dict(Counter(result.statuses))}")
+        record_final(trial, check_output(out, n, expected_answers(n, seed + 1)))
         stats = sb.stats()
         trial.faults_served = dict(stats["faults"])
         realtime, batch = paid_per_row(sb, n)
         trial.paid_twice = sum(1 for r in range(n) if realtime[r] + batch[r] > 1)
         # Paid twice by the provider's doing, not rowprompt's: an answer slower than the
         # timeout (the client gave up, the server billed it), or a line the output file lost.
-        excused = trial.faults_served.get("slow", 0)
-        excused += trial.faults_served.get("output_missing_lines", 0)
+        # A download broken off is not excused: the file is still there to read again.
+        lost_lines = trial.faults_served.get("output_missing_lines", 0)
+        lost_lines += trial.faults_served.get("output_truncated_lines", 0)
+        if faults.download_cut_style == "short":
+            lost_lines += trial.faults_served.get("download_cut_lines", 0)
+        excused = trial.faults_served.get("slow", 0) + lost_lines
         trial.paid_twice_allowed = min(trial.paid_twice, excused)
         billed_twice = int(stats.get("batch_custom_ids_billed_twice", 0))
-        lost_lines = trial.faults_served.get("output_missing_lines", 0)
         trial.batches_billed_twice = max(0, billed_twice - lost_lines)
     return trial

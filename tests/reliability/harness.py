@@ -46,6 +46,37 @@ HOOK_POINTS: tuple[tuple[str, str], ...] = (
 )
 # Points inside rowprompt itself (ROWPROMPT_TEST_CRASH_AT).
 CRASH_POINTS = ("output_before_replace",)
+# A kill while results are being joined back with some batches' outcomes already written and
+# others not: the second result download, of a job split in shards by a small queue limit.
+COLLECT_KILL = "hook:response:GET /v1/files/{file_id}/content#2"
+COLLECT_ARGS = ("--batch-token-limit", "2000")
+REALTIME_ENDPOINTS = ("POST /v1/chat/completions", "POST /v1/responses")
+
+
+def kill_points(mode: str) -> list[str]:
+    """Every kill point a job in ``mode`` reaches: protocol hooks, then rowprompt's own."""
+    hooks = [
+        f"hook:{event}:{endpoint}"
+        for event, endpoint in HOOK_POINTS
+        if (mode == "realtime") == (endpoint in REALTIME_ENDPOINTS) or mode == "hybrid"
+    ]
+    collect = [COLLECT_KILL] if mode != "realtime" else []
+    return hooks + collect + [f"crash:{point}" for point in CRASH_POINTS]
+
+
+def crash_plan(
+    trials: int, modes: Sequence[str] = ("realtime", "batch", "hybrid")
+) -> list[tuple[str, str | None]]:
+    """(mode, kill) for ``trials`` crash trials: every kill point of every mode once, in
+    turn across modes, then seeded random kills (None) in rotation. Coverage is planned,
+    not left to the seed; fewer trials than points cover a prefix of them."""
+    fixed = [[(mode, kill) for kill in kill_points(mode)] for mode in modes]
+    plan: list[tuple[str, str | None]] = []
+    for i in range(max(len(points) for points in fixed)):
+        plan += [points[i] for points in fixed if i < len(points)]
+    plan = plan[:trials]
+    plan += [(modes[i % len(modes)], None) for i in range(trials - len(plan))]
+    return plan
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -119,6 +150,8 @@ def ledger_phase(home: Path) -> str:
         return "all rows settled (writing output)"
     if shards:
         return "batch: " + ",".join(f"{k}={v}" for k, v in sorted(shards.items()))
+    if rows.get("done", 0) + rows.get("in_flight", 0) == 0:
+        return "job written, nothing sent yet"
     return f"realtime: {rows.get('done', 0)}/{total} done, {rows.get('in_flight', 0)} in flight"
 
 
@@ -191,9 +224,11 @@ class Trial:
     kill: str = ""
     phase: str = ""
     output_at_kill: str = "absent"  # absent / complete / HALF-WRITTEN
-    lost: int = 0
+    killed: bool = False  # the kill happened (a job can end before its kill point)
+    lost: int = 0  # missing from the output, or there but never settled (`pending`)
     duplicated: int = 0
     wrong: int = 0
+    not_ok: int = 0  # rows not `ok`: with no fault injected, every one is a failure
     paid_twice: int = 0
     paid_twice_allowed: int = 0  # of those, rows in flight at the kill
     batches_billed_twice: int = 0
@@ -204,9 +239,11 @@ class Trial:
 
     @property
     def ok(self) -> bool:
-        """No row lost, duplicated or wrong; nothing paid twice beyond what was in flight."""
+        """No row lost, duplicated or wrong; nothing paid twice beyond what was in flight;
+        in a crash trial (no faults), every row ``ok``."""
         return (
             self.lost == 0
+            and (self.campaign != "crash" or self.not_ok == 0)
             and self.duplicated == 0
             and self.wrong == 0
             and self.paid_twice <= self.paid_twice_allowed
@@ -215,6 +252,16 @@ class Trial:
             and self.output_at_kill != "HALF-WRITTEN"
             and self.resumed_rc == 0
         )
+
+
+def record_final(trial: Trial, final: Output) -> None:
+    """Put the figures of the job's final output into ``trial``. A row still ``pending``
+    never settled: it counts as lost, whatever the exit code said."""
+    trial.lost = final.lost + final.statuses.get("pending", 0)
+    trial.duplicated, trial.wrong, trial.not_ok = final.duplicated, final.wrong, final.not_ok
+    trial.unclear_errors += final.reasonless_failures
+    if final.not_ok:
+        trial.notes.append(f"statuses {final.statuses}")
 
 
 def paid_per_row(sb: Sandbox, n: int) -> tuple[Counter[int], Counter[int]]:
@@ -294,8 +341,9 @@ def crash_trial(
     """Run a job, SIGKILL it at a seeded moment (or at ``kill``), resume it, check everything.
 
     ``extra_args`` go on the command line (``--endpoint responses``, say). ``kill``:
-    ``"t=SECONDS"``, ``"hook:EVENT:ENDPOINT"`` (the sandbox kills the client
-    there), ``"crash:POINT"`` (rowprompt kills itself there), or None for a seeded choice.
+    ``"t=SECONDS"``, ``"hook:EVENT:ENDPOINT"`` (the sandbox kills the client there; with
+    ``#N``, at its Nth such request), ``"crash:POINT"`` (rowprompt kills itself there), or
+    None for a seeded choice.
     """
     rng = random.Random(seed)
     concurrency = 4
@@ -314,6 +362,8 @@ def crash_trial(
         else:
             kill = f"crash:{rng.choice(CRASH_POINTS)}"
     trial = Trial("crash", mode, seed, n, kill=kill)
+    if kill == COLLECT_KILL:
+        extra_args = (*extra_args, *COLLECT_ARGS)
     # Slow enough that a random moment lands inside the job, not after it.
     config = fast_config(
         seed=0,
@@ -334,8 +384,10 @@ def crash_trial(
         killed = threading.Event()
         if kill.startswith("hook:"):
             _, event, endpoint = kill.split(":", 2)
-            answers = ("POST /v1/chat/completions", "POST /v1/responses")
-            nth = 1 + rng.randrange(3) if endpoint in answers else 1
+            endpoint, _, count = endpoint.partition("#")
+            nth = int(count or 1)
+            if not count and endpoint in REALTIME_ENDPOINTS:
+                nth = 1 + rng.randrange(3)
             seen = [0]
 
             def hook(ev: str, ep: str) -> None:
@@ -359,8 +411,9 @@ def crash_trial(
                 proc.kill()
                 proc.wait()
             sb.on_request(None)
-        if kill.startswith("crash:"):
-            killed.set() if proc.returncode == -signal.SIGKILL else None
+        if kill.startswith("crash:") and proc.returncode == -signal.SIGKILL:
+            killed.set()
+        trial.killed = killed.is_set()
         if not killed.is_set():
             trial.notes.append(f"the job ended (rc {proc.returncode}) before the kill")
             if proc.returncode != 0:
@@ -386,10 +439,7 @@ def crash_trial(
         if result.returncode != 0:
             trial.unclear_errors += 0 if is_clear_error(result.stderr) else 1
             trial.notes.append(result.stderr.strip()[-300:])
-        final = check_output(out, n, expected_answers(n))
-        trial.lost, trial.duplicated, trial.wrong = final.lost, final.duplicated, final.wrong
-        if final.not_ok:
-            trial.notes.append(f"statuses {final.statuses}")
+        record_final(trial, check_output(out, n, expected_answers(n)))
         realtime, batch = paid_per_row(sb, n)
         twice = {r for r in range(n) if realtime[r] + batch[r] > 1}
         trial.paid_twice = len(twice)

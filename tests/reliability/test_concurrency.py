@@ -1,4 +1,5 @@
-"""Two rowprompt processes on one ledger: no corruption, no double submission."""
+"""Two rowprompt processes on one ledger: no corruption, no double submission, one model's
+batch queue shared."""
 
 from __future__ import annotations
 
@@ -80,4 +81,30 @@ def test_two_jobs_on_the_same_model_share_the_ledger(tmp_path: Path) -> None:
         assert sb.stats()["batch_custom_ids_billed_twice"] == 0
         assert sb.stats()["batches_created"] == 1
         assert len(sb.requests()) == n  # the realtime job's rows, each once
+    assert _integrity(home) == "ok"
+
+
+def test_two_batch_jobs_share_one_model_queue(tmp_path: Path) -> None:
+    # Each job alone fits the model's enqueued-token limit, both together do not: the
+    # ledger's shared queue accounting must keep their batches under it together, or the
+    # provider refuses them (token_limit_exceeded) and rows go round again.
+    n, limit = 24, 480
+    src, home = make_table(tmp_path / "in.csv", n), tmp_path / "home"
+    config = fast_config(batch_rows_per_second=300.0, enqueued_token_limit=limit)
+    with Sandbox(config) as sb:
+        a = job_args(src, home, tmp_path / "a.csv", sb.base_url, "batch")
+        b = job_args(src, home, tmp_path / "b.csv", sb.base_url, "batch")
+        b[b.index("--prompt") + 1] = "Summarise: {{ text }}!"  # another job, same model
+        limit_args = ["--batch-token-limit", str(limit)]
+        first, second = _both([*a, *limit_args], [*b, *limit_args])
+        assert first.returncode == 0, first.stderr
+        assert second.returncode == 0, second.stderr
+        assert check_output(tmp_path / "a.csv", n, expected_answers(n)).not_ok == 0
+        got = check_output(tmp_path / "b.csv", n)
+        assert (got.lost, got.duplicated, got.not_ok) == (0, 0, 0)
+        stats = sb.stats()
+        assert stats["batches_by_final_state"].get("failed", 0) == 0  # no token_limit_exceeded
+        assert max(stats["peak_enqueued_tokens"].values()) <= limit
+        assert stats["batch_lines_billed"] == 2 * n  # every line once
+        assert stats["batch_custom_ids_billed_twice"] == 0
     assert _integrity(home) == "ok"

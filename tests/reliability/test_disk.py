@@ -1,4 +1,5 @@
-"""Disk trouble: unwritable output, a full disk, a locked ledger. A clear error, then resume."""
+"""Disk trouble: unwritable output, a full disk, a ledger locked at the start or mid-job. A
+clear error, then resume."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import contextlib
 import errno
 import sqlite3
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from rowprompt import ledger as ledger_module
 from rowprompt import tables
 from rowprompt.cli import main
 from rowprompt.sandbox import Sandbox
-from tests.helpers import RP
+from tests.helpers import RP, fast_config
 from tests.reliability.harness import (
     check_output,
     clean_env,
@@ -138,3 +140,52 @@ def test_a_locked_ledger_is_a_clear_error_and_resumes(
     assert len(sandbox.requests()) == 3
     assert CliRunner().invoke(main, args).exit_code == 0
     assert check_output(out, 10, expected_answers(10)).not_ok == 0
+
+
+def test_a_ledger_locked_mid_job_is_a_clear_error_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n, concurrency = 40, 4
+    src, home, out = make_table(tmp_path / "in.csv", n), tmp_path / "h", tmp_path / "out.csv"
+    real_connect = sqlite3.connect
+
+    def quick(*a: Any, **k: Any) -> sqlite3.Connection:
+        k["timeout"] = 0.3  # the real 30 s wait, shortened
+        return real_connect(*a, **k)
+
+    monkeypatch.setattr(ledger_module.sqlite3, "connect", quick)
+    holder: list[sqlite3.Connection] = []
+
+    def lock_after_some_answers(event: str, endpoint: str) -> None:
+        # Another program takes the ledger while rows are in flight and answers arrive.
+        answer = event == "response" and endpoint.endswith("/chat/completions")
+        if answer and not holder and len(sb.requests()) >= 10:
+            db = real_connect(home / "rowprompt.db", isolation_level=None, check_same_thread=False)
+            db.execute("BEGIN EXCLUSIVE")
+            holder.append(db)
+
+    with Sandbox(fast_config(latency_ms=30.0)) as sb:
+        args = job_args(src, home, out, sb.base_url, "realtime", concurrency)
+        sb.on_request(lock_after_some_answers)
+        try:
+            result = CliRunner().invoke(main, args)
+        finally:
+            sb.on_request(None)
+            for db in holder:
+                db.execute("ROLLBACK")
+                db.close()
+        assert holder, "the ledger was never locked: the job ended first"
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code != 0 and len(lines) == 1, result.output
+        assert "locked" in lines[0] and "unexpected" not in lines[0], lines[0]
+        asked = len(sb.requests())
+        assert asked < n
+        again = CliRunner().invoke(main, args)
+        assert again.exit_code == 0, again.output
+        final = check_output(out, n, expected_answers(n))
+        assert (final.lost, final.duplicated, final.wrong, final.not_ok) == (0, 0, 0, 0)
+        paid = Counter(r["last_user_message"] for r in sb.requests() if r["status"] == 200)
+        assert len(paid) == n
+        # Asked again: at most the rows in flight when the lock came, the answers the
+        # stopped job could not record.
+        assert sum(c - 1 for c in paid.values()) <= concurrency, paid.most_common(8)

@@ -13,7 +13,7 @@ from rowprompt.cli import main
 from rowprompt.sandbox import FaultConfig, Sandbox
 from rowprompt.sandbox.server import exposure_warning
 from tests.helpers import RP, fast_config
-from tests.reliability.harness import CANARY, PROMPT, clean_env, make_table
+from tests.reliability.harness import CANARY, PROMPT, clean_env, ledger_query, make_table
 
 
 def _files_with(root: Path, needle: bytes) -> list[str]:
@@ -157,8 +157,77 @@ def test_other_providers_keys_are_found_nowhere(
             result = CliRunner().invoke(main, [*args, "--model", model, "--no-cache"])
             assert result.exit_code == 0, result.output
             seen.append(result.output)
-        for command in (["jobs"], ["status", "--help"]):
-            seen.append(CliRunner().invoke(main, [*command, "--home", str(home)]).output)
+        jobs = [str(row[0]) for row in ledger_query(home, "SELECT id FROM jobs")]
+        assert len(jobs) == 2
+        for command in (["jobs"], *(["status", job] for job in jobs)):
+            shown = CliRunner().invoke(main, [*command, "--home", str(home)])
+            assert shown.exit_code == 0, shown.output
+            seen.append(shown.output)
     assert [s for s in seen if CANARY in s] == []
     assert _files_with(tmp_path, CANARY.encode()) == []
     assert _files_with(tmp_path, CANARY[3:20].encode()) == []
+
+
+def test_an_embedding_job_keeps_the_key_out_of_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, home = make_table(tmp_path / "in.csv", 6), tmp_path / "home"
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    seen: list[str] = []
+    with Sandbox(fast_config()) as sb:
+        for mode in ("realtime", "batch"):
+            result = CliRunner().invoke(
+                main,
+                [
+                    "embed",
+                    str(src),
+                    "--column",
+                    "text",
+                    "--model",
+                    "text-embedding-3-small",
+                    "--provider",
+                    "openai",
+                    "--base-url",
+                    sb.base_url,
+                    "--mode",
+                    mode,
+                    "--home",
+                    str(home),
+                    "--output",
+                    str(tmp_path / f"{mode}.csv"),
+                    "--poll-interval",
+                    "0.2",
+                    "--no-cache",
+                    "--yes",
+                ],
+            )
+            assert result.exit_code == 0, result.output
+            seen.append(result.output)
+        jobs = [str(row[0]) for row in ledger_query(home, "SELECT id FROM jobs")]
+        assert len(jobs) == 2
+        for job in jobs:
+            shown = CliRunner().invoke(main, ["status", job, "--home", str(home)])
+            assert shown.exit_code == 0, shown.output
+            seen.append(shown.output)
+    assert (tmp_path / "realtime.csv").exists() and (tmp_path / "batch.csv").exists()
+    assert [s for s in seen if CANARY in s] == []
+    assert _files_with(tmp_path, CANARY.encode()) == []
+    assert _files_with(tmp_path, CANARY[3:20].encode()) == []
+
+
+@pytest.mark.parametrize(("host", "warned"), [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_the_sandbox_command_warns_when_not_on_loopback(
+    host: str, warned: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served: list[str] = []
+    monkeypatch.setattr(
+        "rowprompt.sandbox.server.serve", lambda config, host, port, **_: served.append(host)
+    )
+    result = CliRunner().invoke(main, ["sandbox", "--host", host, "--port", "8799"])
+    assert result.exit_code == 0, result.output
+    assert served == [host]
+    warnings = [line for line in result.output.splitlines() if line.startswith("Warning: ")]
+    if warned:
+        assert len(warnings) == 1 and "not loopback" in warnings[0] and host in warnings[0]
+    else:
+        assert warnings == []

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx2
+
 from rowprompt.engine.context import RunContext
 from rowprompt.engine.scheduler import PollSchedule, QueueScheduler
 from rowprompt.engine.shards import ShardCaps, ShardPlanner
@@ -32,7 +34,7 @@ from rowprompt.jobs import (
     ShardState,
 )
 from rowprompt.ledger import Ledger, ShardRecord
-from rowprompt.providers.base import BatchInfo, Provider
+from rowprompt.providers.base import BatchInfo, BatchLineResult, Provider
 
 META_JOB = "rowprompt_job"
 META_SHARD = "rowprompt_shard"
@@ -311,7 +313,9 @@ class BatchEngine:
 
     async def collect(self, shard: ShardRecord, info: BatchInfo) -> None:
         """Join a finished batch's lines back to their rows, streaming; rows without a line
-        (missing from the output, expired, cancelled) go back to pending for another try."""
+        (missing from the output, cut mid-JSON, expired, cancelled) go back to pending for
+        another try. A download that breaks off is read again, a few times, then raises
+        :class:`Transient` with what was read kept."""
         job_id = self.ctx.job_id
         rows = self.ledger.shard_row_hashes(job_id, shard.number)
         by_position = {pos: key for key, pos, _ in rows}
@@ -351,11 +355,12 @@ class BatchEngine:
             cache.clear()
             requeue.clear()
 
-        async for line in self.provider.batch_results(info):
+        def take(line: BatchLineResult) -> None:
+            nonlocal requeued
             position = self.ctx.position_of(line.custom_id)
             key = by_position.pop(position, None) if position is not None else None
             if key is None:
-                continue  # not ours, or a duplicate line: never pay a row twice
+                return  # not ours, a duplicate line, or one read before: never pay a row twice
             done = line.completion
             attempts.append(
                 {
@@ -392,6 +397,27 @@ class BatchEngine:
                 )
             if len(attempts) >= _FLUSH_ROWS:
                 flush()
+
+        # A download that breaks off (a dropped connection, a timeout) is read again from the
+        # start: the file stays at the provider, and the rows already taken are skipped, so no
+        # row is paid twice. Lines cut mid-JSON parse to nothing and count as missing.
+        tries, pause_s = 4, 0.5
+        for attempt in range(1, tries + 1):
+            try:
+                async for line in self.provider.batch_results(info):
+                    take(line)
+                break
+            except (Transient, httpx2.TransportError) as exc:
+                # The SDKs raise their HTTP library's own errors once the body is streaming.
+                if attempt == tries:
+                    with self.ledger.transaction():
+                        flush()  # keep what was read; a resume reads only the rest
+                    raise Transient(
+                        f"the results of batch {info.id} could not be downloaded ({exc})",
+                        code="download_failed",
+                    ) from None
+                self.ctx.say(f"batch {info.id}: download broke off ({exc}); reading it again")
+                await asyncio.sleep(pause_s * 2 ** (attempt - 1))
         missing = list(by_position.values())
         if missing:
             why = ("missing_from_output", f"batch {info.id} ({info.status}) returned no line")
