@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -26,13 +27,27 @@ CHOICES = ("positive", "negative", "neutral")
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("4", 4), ("4/5", 4), (" Four ", 4), ("Rating: 4.", 4), ("4.0", 4), ("**4**", 4), ("-2", -2)],
+    [
+        ("4", 4),
+        ("4/5", 4),
+        (" Four ", 4),
+        ("Rating: 4.", 4),
+        ("4.0", 4),
+        ("**4**", 4),
+        ("-2", -2),
+        ("−2", -2),  # U+2212, the typographic minus sign: not 2
+        ("－3", -3),  # U+FF0D, a full-width hyphen-minus
+        ("10/10", 10),
+    ],
 )
 def test_integers_with_one_reading(text: str, value: int) -> None:
     assert parse_integer(text) == value
 
 
-@pytest.mark.parametrize("text", ["3 or 4", "", "many", "4.5", "between 2 and 3"])
+@pytest.mark.parametrize(
+    "text",
+    ["3 or 4", "", "many", "4.5", "between 2 and 3", "3–4", "1/2", "3/4", "6/5", "−2 or 2"],
+)
 def test_integers_without_one_reading_are_errors(text: str) -> None:
     with pytest.raises(ParseFailure):
         parse_integer(text)
@@ -47,10 +62,75 @@ def test_numbers(text: str, value: float) -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("Yes", True), ("no.", False), ("TRUE", True), ("0", False), ("Yes, it is", True)],
+    [
+        ("Yes", True),
+        ("no.", False),
+        ("TRUE", True),
+        ("0", False),
+        ("Yes, it is", True),
+        ("No, not at all.", False),
+        ("Yes - the review says so", True),
+        ("**No**", False),
+    ],
 )
 def test_booleans(text: str, value: bool) -> None:
     assert parse_boolean(text) is value
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no idea",
+        "No, yes",
+        "Yes and no",
+        "yes?",
+        "Yes? It depends.",
+        "Yes, it is not",
+        "Yes, it isn't",
+        "maybe",
+        "not sure",
+        "true or false",
+    ],
+)
+def test_booleans_without_one_reading_are_errors(text: str) -> None:
+    with pytest.raises(ParseFailure):
+        parse_boolean(text)
+
+
+_POLES = st.sampled_from(["yes", "no", "true", "false", "Yes", "NO", "True", "False"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=12) | _POLES, min_size=1, max_size=6), st.text(max_size=3))
+def test_an_answer_with_both_yes_and_no_is_never_read_as_either(
+    parts: list[str], separator: str
+) -> None:
+    text = separator.join(parts)
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    if words & {"yes", "true"} and words & {"no", "false"}:
+        with pytest.raises(ParseFailure):
+            parse_boolean(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_a_question_is_never_a_boolean(text: str) -> None:
+    with pytest.raises(ParseFailure):
+        parse_boolean(text + "?")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.booleans(), st.sampled_from([str, lambda b: "yes" if b else "no", lambda b: f"{b}."]))
+def test_booleans_round_trip(value: bool, write: object) -> None:
+    assert parse_boolean(write(value)) is value  # type: ignore[operator]
+    spec = AnswerSpec("boolean")
+    assert spec.parse(json.dumps({"answer": value}), structured=True).values == {"response": value}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=1, max_value=10**9), st.sampled_from(["−", "－", "﹣", "-"]))
+def test_any_minus_sign_makes_a_negative_number(value: int, minus: str) -> None:
+    assert parse_integer(f"{minus}{value}") == -value
 
 
 @pytest.mark.parametrize(
@@ -167,6 +247,57 @@ def test_schemas_from_files_and_pydantic(tmp_path: object) -> None:
     weird.write_text(json.dumps({"type": "object", "properties": {"x": {"type": 5}}}))
     with pytest.raises(UsageError, match="does not parse as JSON Schema"):
         AnswerSpec.from_options(None, str(weird))
+
+
+def test_a_pydantic_schema_is_sent_in_strict_form() -> None:
+    from pydantic import BaseModel
+
+    class Author(BaseModel):
+        name: str
+
+    class Review(BaseModel):
+        score: int
+        note: str | None = None
+        author: Author
+        tags: list[str] = []
+
+    spec = AnswerSpec.from_options(None, Review)
+    fmt = spec.response_format()
+    assert fmt is not None
+    sent = fmt["json_schema"]
+    assert sent["strict"] is True
+    assert is_strict_compatible(sent["schema"])
+    assert sent["schema"]["required"] == ["score", "note", "author", "tags"]
+    # The columns and the check stay the user's own: an answer without the optional field
+    # still parses when it comes from a model without structured output.
+    assert spec.columns() == ["score", "note", "author", "tags"]
+    assert spec.parse('{"score": 4, "author": {"name": "A"}}', structured=False).ok
+    # The job is rebuilt from the ledger exactly (resume, collect).
+    assert AnswerSpec.from_json(spec.to_json()) == spec
+
+
+def test_a_schema_that_cannot_be_strict_is_sent_as_it_is() -> None:
+    from pydantic import BaseModel, ConfigDict
+
+    class Counts(BaseModel):
+        by_word: dict[str, int]  # additionalProperties: a schema, which strict mode forbids
+
+    class Loose(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        a: int
+
+    for model in (Counts, Loose):
+        fmt = AnswerSpec.from_options(None, model).response_format()
+        assert fmt is not None and fmt["json_schema"]["strict"] is False
+        assert fmt["json_schema"]["schema"] == model.model_json_schema()
+    # A JSON Schema file is the user's own text: never rewritten.
+    open_schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    fmt = AnswerSpec.from_options(None, open_schema).response_format()
+    assert fmt is not None and fmt["json_schema"] == {
+        "name": "answer",
+        "schema": open_schema,
+        "strict": False,
+    }
 
 
 def test_strict_mode_only_for_closed_schemas() -> None:

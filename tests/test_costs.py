@@ -95,6 +95,15 @@ def test_unknown_model_is_none() -> None:
     assert price_for("gpt-4o-mini", provider="no-such-provider") is None
 
 
+def test_a_cap_on_an_unpriced_model_names_the_model_and_the_fix() -> None:
+    assert costs.require_price("gpt-4o-mini-sandbox", "sandbox") == price_for("gpt-4o-mini")
+    with pytest.raises(ConfigError) as caught:
+        costs.require_price("no-such-model-xyz")
+    line = caught.value.one_line()
+    assert "--budget" in line and "'no-such-model-xyz'" in line
+    assert '[prices."no-such-model-xyz"]' in line and "rowprompt.toml" in line
+
+
 def test_batch_is_half_where_genai_prices_has_no_batch_variant() -> None:
     # genai-prices knows Anthropic's prices but not its Message Batches discount.
     price = price_for("claude-3-5-haiku-latest", provider="anthropic")

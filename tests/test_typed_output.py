@@ -64,12 +64,13 @@ def test_structured_scalar_answers_have_their_type(
     assert all(check(v) for v in out["response"].tolist())  # type: ignore[operator]
 
 
-@pytest.mark.parametrize("ext", [".parquet", ".xlsx", ".csv", ".jsonl"])
+@pytest.mark.parametrize("mode", ["batch", "realtime"])
+@pytest.mark.parametrize("ext", [".parquet", ".xlsx", ".csv", ".tsv", ".jsonl"])
 def test_a_nested_schema_flattens_to_typed_columns(
-    sandbox: Sandbox, tmp_path: Path, ext: str
+    sandbox: Sandbox, tmp_path: Path, ext: str, mode: str
 ) -> None:
     target = tmp_path / f"out{ext}"
-    out = run(sandbox, tmp_path, schema=Extraction, output=str(target), mode="batch")
+    out = run(sandbox, tmp_path, schema=Extraction, output=str(target), mode=mode)
     assert list(out.columns[:2]) == ["id", "text"]
     assert list(out.columns[2:8]) == ["title", "score", "ratio", "flagged", "details", "tags"]
     assert list(out["_status"]) == ["ok"] * 3
@@ -87,6 +88,15 @@ def test_a_nested_schema_flattens_to_typed_columns(
         score = sheet.cell(row=2, column=header.index("score") + 1).value
         flagged = sheet.cell(row=2, column=header.index("flagged") + 1).value
         assert isinstance(score, int) and isinstance(flagged, bool)
+    if ext in (".csv", ".tsv"):
+        back = pd.read_csv(target, sep="\t" if ext == ".tsv" else ",", dtype=str)
+        assert all(v.lstrip("-").isdigit() for v in back["score"])
+        assert set(back["flagged"]) <= {"True", "False"}
+        assert all(isinstance(json.loads(v), dict) for v in back["details"])
+    if ext == ".jsonl":
+        rows = [json.loads(line) for line in target.read_text(encoding="utf-8").splitlines()]
+        assert all(isinstance(r["score"], int) and isinstance(r["ratio"], float) for r in rows)
+        assert all(isinstance(r["flagged"], bool) for r in rows)
 
 
 RULES = [
@@ -134,14 +144,16 @@ def test_refusals_and_cut_answers_have_their_own_status(tmp_path: Path) -> None:
 PAYLOADS = ['=HYPERLINK("http://x.example","click")', "+cmd|' /C calc'!A0", "@SUM(1+1)*cmd", "-2+3"]
 
 
+INPUT_FORMULA = "=1+1 (an input cell stays as given)"
+
+
 @pytest.mark.parametrize("ext", [".csv", ".xlsx"])
 def test_formula_payloads_from_the_model_come_out_inert(tmp_path: Path, ext: str) -> None:
-    frame = pd.DataFrame({"text": ["=1+1 (an input cell stays as given)", "b", "c", "d"]})
+    frame = pd.DataFrame({"text": [INPUT_FORMULA, "b", "c", "d"]})
     rules = [
-        {"pattern": f"Judge: {t}$", "answer": p} for t, p in zip("abcd", PAYLOADS, strict=True)
+        {"pattern": f"Judge: {t}$", "answer": p} for t, p in zip("bcd", PAYLOADS[1:], strict=True)
     ]
     rules.insert(0, {"pattern": "Judge: =", "answer": PAYLOADS[0]})
-    frame.loc[0, "text"] = "a"
     target = tmp_path / f"out{ext}"
     with Sandbox(fast_config(rules=rules)) as sb:
         rowprompt.run(frame, prompt="Judge: {{ text }}", provider="sandbox", base_url=sb.base_url,
@@ -149,6 +161,7 @@ def test_formula_payloads_from_the_model_come_out_inert(tmp_path: Path, ext: str
     if ext == ".csv":
         back = pd.read_csv(target, dtype=str)
         assert list(back["response"]) == [f"'{p}" for p in PAYLOADS]
+        assert back["text"].iloc[0] == INPUT_FORMULA  # the input stays exactly as given
     else:
         sheet = openpyxl.load_workbook(target).active
         assert sheet is not None
@@ -160,6 +173,52 @@ def test_formula_payloads_from_the_model_come_out_inert(tmp_path: Path, ext: str
         assert [sheet.cell(row=r, column=col).value for r in range(2, 6)] == [
             f"'{p}" for p in PAYLOADS
         ]
+        text = sheet.cell(row=2, column=header.index("text") + 1)
+        assert text.value == INPUT_FORMULA and text.data_type == "s"
+
+
+class Note(BaseModel):
+    title: str
+    link: str
+
+
+def _cells(target: Path, ext: str, column: str) -> list[object]:
+    if ext == ".csv":
+        return list(pd.read_csv(target, dtype=str)[column])
+    sheet = openpyxl.load_workbook(target).active
+    assert sheet is not None
+    for row in sheet.iter_rows():
+        for cell in row:
+            assert cell.data_type != "f", cell.value
+    header = [c.value for c in sheet[1]]
+    col = header.index(column) + 1
+    return [sheet.cell(row=r, column=col).value for r in range(2, sheet.max_row + 1)]
+
+
+@pytest.mark.parametrize("ext", [".csv", ".xlsx"])
+def test_formula_payloads_in_schema_fields_come_out_inert(tmp_path: Path, ext: str) -> None:
+    answer = {"title": PAYLOADS[2], "link": PAYLOADS[0]}
+    rules = [{"pattern": "Judge", "answer": json.dumps(answer)}]
+    target = tmp_path / f"out{ext}"
+    with Sandbox(fast_config(rules=rules)) as sb:
+        out = run(sb, tmp_path, schema=Note, output=str(target))
+    assert list(out["_status"]) == ["ok"] * 3
+    assert out["title"].iloc[0] == PAYLOADS[2]  # the table in memory holds the answer as is
+    assert _cells(target, ext, "title") == [f"'{PAYLOADS[2]}"] * 3
+    assert _cells(target, ext, "link") == [f"'{PAYLOADS[0]}"] * 3
+
+
+@pytest.mark.parametrize("ext", [".csv", ".xlsx"])
+def test_formula_payloads_in_unparsable_raw_answers_come_out_inert(
+    tmp_path: Path, ext: str
+) -> None:
+    rules = [{"pattern": "Judge", "answer": PAYLOADS[0]}]
+    target = tmp_path / f"out{ext}"
+    with Sandbox(fast_config(rules=rules)) as sb:
+        out = run(sb, tmp_path, output_type="integer", structured=False, repair=0,
+                  output=str(target))  # fmt: skip
+    assert list(out["_status"]) == ["parse_error"] * 3
+    assert _cells(target, ext, "_raw") == [f"'{PAYLOADS[0]}"] * 3
 
 
 def test_raw_cells_keeps_answers_as_they_came(tmp_path: Path) -> None:

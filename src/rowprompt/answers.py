@@ -7,11 +7,15 @@ text kept, never as a guess.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import importlib
 import json
 import math
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,19 @@ _TRUE = {"true", "yes", "y", "1", "t", "positive", "correct", "affirmative"}
 _FALSE = {"false", "no", "n", "0", "f", "negative", "incorrect"}
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
 _FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)\s*$")
+# "4/5" is a score out of 5; "1/2" or "3/4" reads as well as a fraction, so below this
+# denominator there is no one reading.
+_SCALE_MIN = 5
+# Models (and the documents they quote) write minus signs that are not ASCII: "−2" is -2,
+# not 2. En dashes too, so "3–4" reads as the range it is (two numbers), not as 3 and 4.
+_MINUS = str.maketrans({"\u2212": "-", "\u2012": "-", "\u2013": "-", "\ufe63": "-", "\uff0d": "-"})
+_WORD = re.compile(r"[a-z]+")
+_YES_WORDS = frozenset({"yes", "true"})
+_NO_WORDS = frozenset({"no", "false"})
+# A leading yes/no counts only when set off from what follows ("Yes, it is"); "no idea" and
+# "yes and no" are not answers.
+_LEADING_VERDICT = re.compile(r"^(yes|no|true|false)\s*(?:[,.;:!)\]\n]|-\s|–|—)")
+_NEGATION = re.compile(r"\b(?:not|no|false|never)\b|n[’']t\b")
 _FENCE = re.compile(r"^\s*```(?:json|JSON)?\s*\n?(.*?)\n?```\s*$", re.DOTALL)
 _EDGE_PUNCT = " \t\r\n.,;:!?\"'`*_()[]{}<>"
 _PYTYPES = {"integer": "Int64", "number": "float64", "boolean": "boolean"}
@@ -59,6 +76,9 @@ class AnswerSpec:
     choices: tuple[str, ...] = ()
     schema: dict[str, Any] | None = None
     schema_name: str = "answer"
+    strict: bool = False
+    """Ask in OpenAI's strict mode with the schema rewritten to strict form where it can be
+    (Pydantic models: they ignore unknown fields anyway, so closing them loses nothing)."""
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
@@ -70,8 +90,8 @@ class AnswerSpec:
                     f"--schema and --output-type {output_type} do not go together",
                     hint="give one of them",
                 )
-            loaded, name = load_schema(schema)
-            return cls(kind="schema", schema=loaded, schema_name=name)
+            loaded, name, from_model = _load_schema(schema)
+            return cls(kind="schema", schema=loaded, schema_name=name, strict=from_model)
         text = (output_type or "text").strip()
         if text.lower().startswith("choice:"):
             options = tuple(o.strip() for o in text.split(":", 1)[1].split(",") if o.strip())
@@ -95,15 +115,16 @@ class AnswerSpec:
         """The whole spec as JSON, for the ledger (a job is rebuilt from it)."""
         if self.kind in ("text", "integer", "number", "boolean", "json"):
             return self.kind
-        return json.dumps(
-            {
-                "kind": self.kind,
-                "choices": list(self.choices),
-                "schema": self.schema,
-                "schema_name": self.schema_name,
-            },
-            sort_keys=True,
-        )
+        data: dict[str, Any] = {
+            "kind": self.kind,
+            "choices": list(self.choices),
+            "schema": self.schema,
+            "schema_name": self.schema_name,
+        }
+        if self.strict:
+            # Only when set, so the stored spec (and the identity) of older jobs is unchanged.
+            data["strict"] = True
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> AnswerSpec:
@@ -116,6 +137,7 @@ class AnswerSpec:
             choices=tuple(data.get("choices") or ()),
             schema=data.get("schema"),
             schema_name=data.get("schema_name") or "answer",
+            strict=bool(data.get("strict")),
         )
 
     def fingerprint(self) -> str:
@@ -157,6 +179,10 @@ class AnswerSpec:
             return {"type": "json_object"}
         schema = self.schema if self.kind == "schema" else self._wrapped_schema()
         assert schema is not None
+        if self.strict:
+            # Strict answers always validate against the original (the rewrite only adds
+            # constraints), so parsing keeps the user's schema.
+            schema = to_strict_schema(schema) or schema
         return {
             "type": "json_schema",
             "json_schema": {
@@ -252,14 +278,17 @@ def parse_number(value: Any) -> float:
         return float(value)
     if not isinstance(value, str):
         raise ParseFailure(f"expected a number, got {type(value).__name__}")
-    text = _clean(value)
+    text = _clean(value.translate(_MINUS))
     if not text:
         raise ParseFailure("expected a number, got an empty answer")
     if text.lower() in _NUMBER_WORDS:
         return float(_NUMBER_WORDS[text.lower()])
     fraction = _FRACTION.match(text)
     if fraction:
-        return float(fraction.group(1))
+        score, scale = float(fraction.group(1)), float(fraction.group(2))
+        if scale >= _SCALE_MIN and 0 <= score <= scale:
+            return score
+        raise ParseFailure(f"{_quote(value)} could be a fraction or a score: give one number")
     found = {m.group(0).replace(",", "") for m in _NUMBER.finditer(text)}
     numbers = {float(n) for n in found}
     if len(numbers) == 1:
@@ -280,19 +309,32 @@ def parse_integer(value: Any) -> int:
 
 
 def parse_boolean(value: Any) -> bool:
-    """Yes/no, true/false, 1/0 (case and edge punctuation ignored)."""
+    """Yes/no, true/false, 1/0 (case and edge punctuation ignored).
+
+    A longer answer counts when it opens with yes or no set off by punctuation ("Yes, it
+    is") and says nothing the other way after it. Questions ("yes?") and answers with both
+    words ("yes and no", "No, yes") are errors, not a guess.
+    """
     if isinstance(value, bool):
         return value
-    text = _clean(str(value)).lower()
+    raw = str(value)
+    if "?" in raw or "？" in raw:
+        raise ParseFailure(f"expected yes or no, got a question: {_quote(raw)}")
+    text = _clean(raw).lower()
     if text in _TRUE:
         return True
     if text in _FALSE:
         return False
-    words = text.split()
-    first = words[0].strip(_EDGE_PUNCT) if words else ""
-    if first in ("yes", "no", "true", "false"):
-        return first in ("yes", "true")
-    raise ParseFailure(f"expected yes or no, got {_quote(str(value))}")
+    words = set(_WORD.findall(text))
+    if words & _YES_WORDS and words & _NO_WORDS:
+        raise ParseFailure(f"the answer says both yes and no: {_quote(raw)}")
+    lead = _LEADING_VERDICT.match(text)
+    if lead:
+        verdict = lead.group(1) in _YES_WORDS
+        if not verdict or not _NEGATION.search(text[lead.end() :]):
+            return verdict
+        raise ParseFailure(f"the answer says yes, then no or not: {_quote(raw)}")
+    raise ParseFailure(f"expected yes or no, got {_quote(raw)}")
 
 
 def parse_choice(value: Any, choices: tuple[str, ...]) -> str:
@@ -385,12 +427,106 @@ def is_strict_compatible(schema: Any) -> bool:
     return True
 
 
+def to_strict_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """``schema`` rewritten into OpenAI's strict form, or None where that cannot be done.
+
+    Objects without ``additionalProperties`` are closed and every property is required (an
+    optional Pydantic field is ``anyOf [..., null]`` already, so the model can still say
+    null), ``default: null`` goes, and a ``$ref`` with sibling keys is inlined. A schema that
+    allows extra keys (``dict[str, X]``, ``extra="allow"``) stays as it is: None.
+    """
+    root = copy.deepcopy(schema)
+    try:
+        strict = _make_strict(root, root, depth=0)
+    except (KeyError, TypeError, ValueError, RecursionError):
+        return None
+    return strict if is_strict_compatible(strict) else None
+
+
+def _make_strict(node: Any, root: dict[str, Any], *, depth: int) -> Any:
+    if depth > 64:
+        raise ValueError("the schema nests too deeply to rewrite")
+    if not isinstance(node, dict):
+        return node
+    for key in ("$defs", "definitions"):
+        defs = node.get(key)
+        if isinstance(defs, dict):
+            for name, sub in defs.items():
+                defs[name] = _make_strict(sub, root, depth=depth + 1)
+    if node.get("type") == "object" and "additionalProperties" not in node:
+        node["additionalProperties"] = False
+    props = node.get("properties")
+    if isinstance(props, dict):
+        if "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        node["required"] = list(props)
+        node["properties"] = {
+            name: _make_strict(sub, root, depth=depth + 1) for name, sub in props.items()
+        }
+    if isinstance(node.get("items"), dict):
+        node["items"] = _make_strict(node["items"], root, depth=depth + 1)
+    for key in ("anyOf", "oneOf"):
+        if isinstance(node.get(key), list):
+            node[key] = [_make_strict(sub, root, depth=depth + 1) for sub in node[key]]
+    all_of = node.get("allOf")
+    if isinstance(all_of, list):
+        if len(all_of) == 1:
+            node.pop("allOf")
+            node.update(_make_strict(all_of[0], root, depth=depth + 1))
+        else:
+            node["allOf"] = [_make_strict(sub, root, depth=depth + 1) for sub in all_of]
+    if "default" in node and node["default"] is None:
+        node.pop("default")
+    ref = node.get("$ref")
+    if isinstance(ref, str) and len(node) > 1:
+        resolved = _resolve_ref(root, ref)
+        merged = {**resolved, **node}
+        merged.pop("$ref")
+        return _make_strict(merged, root, depth=depth + 1)
+    return node
+
+
+def _resolve_ref(root: dict[str, Any], ref: str) -> dict[str, Any]:
+    if not ref.startswith("#/"):
+        raise ValueError(f"cannot inline the reference {ref!r}")
+    found: Any = root
+    for part in ref[2:].split("/"):
+        found = found[part]
+    if not isinstance(found, dict):
+        raise ValueError(f"the reference {ref!r} is not a schema")
+    return copy.deepcopy(found)
+
+
+def _import_from_cwd(module_name: str) -> Any:
+    """Import ``module_name`` as ``python -m`` would: the current folder first on the path.
+
+    The ``rowprompt`` console script's ``sys.path`` starts at its own bin folder, so
+    ``--schema models:Review`` beside the user's data would not be found otherwise.
+    """
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(cwd)
+
+
 def load_schema(source: Any) -> tuple[dict[str, Any], str]:
     """A JSON Schema and its name from a file, ``module:Model``, a pydantic class or a dict."""
+    schema, name, _ = _load_schema(source)
+    return schema, name
+
+
+def _load_schema(source: Any) -> tuple[dict[str, Any], str, bool]:
+    """:func:`load_schema`, and whether the schema came from a Pydantic model."""
     if isinstance(source, dict):
-        return _checked(source, str(source.get("title") or "answer"))
+        return (*_checked(source, str(source.get("title") or "answer")), False)
     if isinstance(source, type) and hasattr(source, "model_json_schema"):
-        return _checked(source.model_json_schema(), source.__name__)
+        return (*_checked(source.model_json_schema(), source.__name__), True)
     if not isinstance(source, str | Path):
         raise UsageError(f"cannot use {source!r} as a schema", hint="give a JSON Schema file")
     text = str(source)
@@ -409,20 +545,21 @@ def load_schema(source: Any) -> tuple[dict[str, Any], str]:
             ) from None
         if not isinstance(data, dict):
             raise UsageError(f"the schema file {text} does not hold a JSON object")
-        return _checked(data, str(data.get("title") or path.stem))
+        return (*_checked(data, str(data.get("title") or path.stem)), False)
     if ":" in text:
         module_name, _, attr = text.partition(":")
         try:
-            module = importlib.import_module(module_name)
+            module = _import_from_cwd(module_name)
             model = getattr(module, attr)
         except (ImportError, AttributeError) as exc:
             raise UsageError(
                 f"cannot load the schema {text}: {exc}",
-                hint="give a JSON Schema file, or module:Model with the module on PYTHONPATH",
+                hint="give a JSON Schema file, or module:Model with the module in the current"
+                " folder or on PYTHONPATH",
             ) from None
         if not hasattr(model, "model_json_schema"):
             raise UsageError(f"{text} is not a pydantic model")
-        return _checked(model.model_json_schema(), attr)
+        return (*_checked(model.model_json_schema(), attr), True)
     raise UsageError(f"schema file {text} does not exist", hint="give a .json file or module:Model")
 
 

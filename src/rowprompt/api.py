@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from rowprompt import costs
-from rowprompt.drive import batch_engine
+from rowprompt.drive import batch_engine, follow_batches
 from rowprompt.errors import UsageError
 from rowprompt.estimator import Estimate
 from rowprompt.jobs import JobProgress, JobState
@@ -195,8 +195,10 @@ def estimate(
         if pilot < 1:
             raise UsageError("--pilot must be at least 1")
         pilot_rows = min(pilot, len(prepared.table))
+        # The pilot keeps --budget: it spends no more than the run may, and its requests carry
+        # the same cap as the run's, so the run that follows reuses its answers.
         pilot_options = replace(
-            opts, mode="realtime", limit=pilot_rows, write_output=False, detach=False, budget=None
+            opts, mode="realtime", limit=pilot_rows, write_output=False, detach=False
         )
         outcome = run_job(
             prepared.table.frame if isinstance(source, pd.DataFrame) else source, pilot_options
@@ -242,6 +244,13 @@ class Job:
     def results(self) -> pd.DataFrame:
         """The output table as it stands (rows not finished have ``_status`` ``pending``)."""
         outcome = collect_job(self.id, home=self.home, wait=False, frame=self._frame, write=False)
+        assert outcome.frame is not None
+        return outcome.frame
+
+    def resume(self) -> pd.DataFrame:
+        """Drive the job to its end (as :func:`resume_job`, with its stored run settings);
+        the output table."""
+        outcome = resume_job(self.id, home=self.home, frame=self._frame)
         assert outcome.frame is not None
         return outcome.frame
 
@@ -312,6 +321,7 @@ def collect_job(
         if not ledger.progress(job.id).complete:
             ledger.acquire(job.id)
             try:
+                runner.begin(job.id)  # the stored budget holds here too
                 run_sync(lambda: _collect(runner, wait))
             finally:
                 ledger.release(job.id)
@@ -337,10 +347,17 @@ async def _collect(runner: Runner, wait: bool) -> None:
         endpoint=runner.prepared.spec.endpoint,
     )
     try:
-        engine = batch_engine(runner, opened, runner.context())
+        ctx = runner.context()
+        engine = batch_engine(runner, opened, ctx)
         if wait:
             if runner.ledger.shards(runner.prepared.job_id, active_only=True):
-                await engine.run(wait=True)
+                # A deadline stored with the job is watched here too: real time takes over
+                # what its batches cannot finish in time.
+                for note in runner.deadline_notes:
+                    ctx.say(note)
+                await follow_batches(runner, engine, opened, ctx)
+                if runner.stopped:
+                    return
                 await runner.finish(opened.provider)
             else:
                 # Nothing in batches: whatever is left is driven as the job's mode says.
@@ -359,8 +376,10 @@ def resume_job(
     home: str | None = None,
     on_message: Callable[[str], None] | None = None,
     on_progress: Callable[[JobProgress], None] | None = None,
+    frame: pd.DataFrame | None = None,
 ) -> Outcome:
-    """Continue a job where it stopped, with the settings it was created with."""
+    """Continue a job where it stopped, with its settings and as it last ran (its stored
+    rate limits, concurrency, budget...: see :func:`rowprompt.runner.options_for_job`)."""
     ledger = Ledger(home)
     try:
         job = ledger.get_job(job_id)
@@ -368,7 +387,7 @@ def resume_job(
         ledger.close()
     base = RunOptions(home=home, on_message=on_message, on_progress=on_progress)
     options = options_for_job(job, base)
-    prepared = reopen(job, options)
+    prepared = reopen(job, options, frame)
     return run_job(prepared.table.frame if job.input_path is None else job.input_path, options)
 
 

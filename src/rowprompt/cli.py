@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sqlite3
 import sys
@@ -17,7 +18,7 @@ from rowprompt import api
 from rowprompt.config import load_settings
 from rowprompt.engine.scheduler import shard_summary
 from rowprompt.errors import RowpromptError
-from rowprompt.estimator import BATCH_TURNAROUND, Estimate
+from rowprompt.estimator import Estimate
 from rowprompt.progress import ProgressView
 from rowprompt.runner import MODES, RunOptions
 
@@ -143,7 +144,11 @@ def job_options(func: F) -> F:
         click.option(
             "--sandbox-rules", type=click.Path(), help="Scripted answers for --provider sandbox."
         ),
-        click.option("--deadline", help="Finish by then: a duration (2h, 90m) or an ISO time."),
+        click.option(
+            "--deadline",
+            help="Finish by then: a duration (2h, 90m) or an ISO time; kept with the job"
+            " (resume, collect and the same command again keep it; `none` drops it).",
+        ),
         click.option(
             "--preview",
             type=int,
@@ -271,12 +276,27 @@ def _confirm_spending(input_path: str, options: RunOptions, confirm_over: float 
     threshold = confirm_over if confirm_over is not None else load_settings().confirm_over
     estimate = api.estimate(input_path, options=replace(options, on_progress=None))
     cost = estimate.cost_batch if estimate.mode == "batch" else estimate.cost_realtime
-    if cost is not None and cost > threshold:
-        click.confirm(
-            f"This run may cost up to ${cost:,.2f}"
+    if cost is None or cost <= threshold:
+        return
+    try:
+        confirmed = click.confirm(
+            f"This run may cost up to {_upto(cost)}"
             f" ({estimate.rows_to_ask:,} rows, {estimate.mode}). Continue?",
-            abort=True,
+            default=False,
         )
+    except click.Abort:  # Ctrl-C or Ctrl-D at the question
+        click.echo("", err=True)
+        confirmed = False
+    if not confirmed:
+        _fail("not confirmed: nothing was sent (pass --yes to run without asking)", 1)
+
+
+def _upto(cost: float) -> str:
+    """USD with cents, or with two significant digits when under a cent (never "$0.00")."""
+    if cost >= 0.01 or cost <= 0:
+        return f"${cost:,.2f}"
+    decimals = 1 - math.floor(math.log10(cost))
+    return f"${cost:.{decimals}f}"
 
 
 @main.command()
@@ -322,8 +342,23 @@ def status(job: str, home: str | None) -> None:
     click.echo(
         f"  tokens: {p.prompt_tokens:,} in, {p.completion_tokens:,} out; cost ${p.cost_usd:.4f}"
     )
+    runs = _run_flags(s.job.run_settings)
+    if runs:
+        click.echo(f"  runs:   {runs} (resume and collect --wait keep these)")
     for shard in s.shards:
         click.echo(f"  {shard_summary(shard)}")
+
+
+def _run_flags(settings: dict[str, Any]) -> str:
+    """A job's stored run settings that differ from the defaults, as the flags that set them."""
+    defaults = RunOptions()
+    flags = []
+    for name, value in settings.items():
+        if name == "structured" or getattr(defaults, name, value) == value:
+            continue
+        flag = "--" + name.replace("_", "-")
+        flags.append(flag if value is True else f"{flag} {value}")
+    return " ".join(flags)
 
 
 @main.command()
@@ -387,8 +422,10 @@ def _print_estimate(e: Estimate) -> None:
         click.echo(f"time, real time:   {e.realtime_minutes:,.1f} min {e.limits}")
     else:
         click.echo(f"time, real time:   unknown, {e.limits}")
-    click.echo(f"time, batch:       {BATCH_TURNAROUND}")
+    click.echo(f"time, batch:       {e.batch_time}")
     click.echo(f"advice:            {e.advice}")
+    if e.warning:
+        click.echo(f"warning:           {e.warning}")
 
 
 def _print_outcome(outcome: api.Outcome) -> None:

@@ -48,6 +48,7 @@ __all__ = [
     "estimate_cost",
     "normalise_model",
     "price_for",
+    "require_price",
 ]
 
 PRICES_ENV = "ROWPROMPT_PRICES"
@@ -164,6 +165,22 @@ def cost_usd(
         + completion_tokens * output_price
     )
     return total * _PER_TOKEN
+
+
+def require_price(model: str, provider: str = "openai", *, needed_by: str = "--budget") -> Price:
+    """The price of ``model``, or a one-line ConfigError naming the model and the fix.
+
+    A spending cap needs a price: without one every request's cost is unknown, and a cap that
+    cannot count lets everything through.
+    """
+    price = price_for(model, provider)
+    if price is None:
+        raise ConfigError(
+            f"{needed_by} needs a price for the model {model!r}, and none is known",
+            hint=f'add [prices."{model}"] with input = and output = (USD per 1M tokens) to'
+            " rowprompt.toml",
+        )
+    return price
 
 
 def estimate_cost(

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import tiktoken
 
 from rowprompt import costs, tokens, vectors
+from rowprompt.config import load_settings
 from rowprompt.engine.context import DEFAULT_OUTPUT_ESTIMATE
 from rowprompt.jobs import request_hash
 from rowprompt.ledger import Ledger
 
 if TYPE_CHECKING:
-    from rowprompt.engine.planner import Plan
+    from rowprompt.engine.planner import BatchHistory, Plan
     from rowprompt.runner import Prepared
 
-# Until the planner learns turnaround from history (a later issue), batch time is stated as
-# the provider's promise.
+# The provider's promise: what a job with no batch history here can say of batch time.
 BATCH_TURNAROUND = "within 24 h (often under 1 h)"
 
 
@@ -42,6 +43,10 @@ class Estimate:
     images_by_url: int = 0
     """Of those, web URLs: not fetched, so counted at the model's largest image."""
     image_tokens: int = 0
+    batch_time: str = BATCH_TURNAROUND
+    """Batch turnaround in words: this provider's history in the ledger, or its promise."""
+    warning: str | None = None
+    """Said when the deadline cannot be met, with the rows a minute it needs and allowed."""
 
     @property
     def rows_to_ask(self) -> int:
@@ -62,7 +67,8 @@ def estimate_job(
     prepared: Prepared,
     ledger: Ledger,
     *,
-    plan: Plan,
+    plan_for: Callable[[int], Plan],
+    history: BatchHistory | None = None,
     use_cache: bool,
     rpm: int | None,
     tpm: int | None,
@@ -110,6 +116,8 @@ def estimate_job(
     realtime = costs.cost_usd(model, prompt_total, completion, batch=False, provider=provider)
     batch = costs.cost_usd(model, prompt_total, completion, batch=True, provider=provider)
     minutes, limits = _realtime_minutes(asked, prompt_total + cap_total, rpm, tpm)
+    # Planned for the rows that would be sent: those answered in the cache cost no time.
+    plan = plan_for(asked)
     mode = plan.mode
     advice = _advice(plan, asked, realtime, batch)
     return Estimate(
@@ -128,6 +136,10 @@ def estimate_job(
         images=images,
         images_by_url=images_by_url,
         image_tokens=image_tokens,
+        batch_time=(
+            history.describe(load_settings().planner) if history is not None else BATCH_TURNAROUND
+        ),
+        warning=plan.warning if asked else None,
     )
 
 

@@ -8,12 +8,13 @@ change of schema is a new entry at the end of ``MIGRATIONS``, never an edit of a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,17 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX rate_limits_by_job ON rate_limits (job_id, at);
     """,
+    # 4: the job's deadline, absolute, with the words it was given in: resume, collect and a
+    # rerun keep it (it is not part of the job's identity, so it cannot live in the spec).
+    """
+    ALTER TABLE jobs ADD COLUMN deadline_at REAL;
+    ALTER TABLE jobs ADD COLUMN deadline_text TEXT;
+    """,
+    # 5: how the job was last run (rate limits, concurrency, attempts, budget...), as JSON:
+    # resume and collect run it the same way. Not part of its identity, so not in the spec.
+    """
+    ALTER TABLE jobs ADD COLUMN run_settings TEXT;
+    """,
 )
 
 # A job whose owner has not beaten its heart for this long is taken over by the next process.
@@ -185,6 +197,9 @@ class JobRecord:
     owner_pid: int | None
     owner_host: str | None
     heartbeat_at: float | None
+    run_settings: dict[str, Any] = field(default_factory=dict)
+    """How the job was last run (``--rpm``, ``--concurrency``, ``--budget``...); see
+    :data:`rowprompt.runner.RUN_SETTINGS`. Empty for a job that never stored them."""
 
 
 @dataclass(frozen=True)
@@ -422,6 +437,29 @@ class Ledger:
             db.execute(
                 f"UPDATE jobs SET {assignments}, updated_at = ? WHERE id = ?",
                 (*fields.values(), time.time(), job_id),
+            )
+
+    def job_deadline(self, job_id: str) -> tuple[float | None, str | None]:
+        """The job's stored deadline (a Unix time) and the words it was given in, or Nones."""
+        row = self._db.execute(
+            "SELECT deadline_at, deadline_text FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    def set_job_deadline(self, job_id: str, at: float | None, text: str | None) -> None:
+        """Store the job's deadline (None: it has none)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET deadline_at = ?, deadline_text = ?, updated_at = ? WHERE id = ?",
+                (at, text, time.time(), job_id),
+            )
+
+    def set_job_run_settings(self, job_id: str, settings: dict[str, Any]) -> None:
+        """Store how the job is run (JSON-able values only; never a secret)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET run_settings = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(settings, sort_keys=True), time.time(), job_id),
             )
 
     def acquire(self, job_id: str) -> None:
@@ -996,7 +1034,18 @@ def _job(row: sqlite3.Row) -> JobRecord:
         owner_pid=row["owner_pid"],
         owner_host=row["owner_host"],
         heartbeat_at=row["heartbeat_at"],
+        run_settings=_run_settings(row["run_settings"]),
     )
+
+
+def _run_settings(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        loaded = json.loads(text)
+    except ValueError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def _row(row: sqlite3.Row) -> RowRecord:

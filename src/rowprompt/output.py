@@ -13,6 +13,7 @@ import pandas as pd
 
 from rowprompt import tables, vectors
 from rowprompt.answers import AnswerSpec
+from rowprompt.engine.budget import REPAIR_SKIPPED
 from rowprompt.errors import OutputError, UsageError
 from rowprompt.jobs import SKIPPED_CODES, RowState
 from rowprompt.ledger import Ledger, RowRecord
@@ -59,7 +60,10 @@ def _row_result(
         return "truncated", {}, "the answer was cut at the token limit (--max-tokens)", r.answer
     parsed = answer.parse(r.answer, structured=structured)
     if not parsed.ok:
-        return "parse_error", {}, parsed.error, r.answer
+        error = parsed.error
+        if r.error_code == REPAIR_SKIPPED and r.error_message:
+            error = f"{error}; {r.error_message}"
+        return "parse_error", {}, error, r.answer
     return "ok", parsed.values, None, None
 
 

@@ -8,13 +8,14 @@ anything is written to the ledger or sent; ``Runner`` then drives the job with t
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,9 +32,15 @@ from rowprompt.embedding_jobs import (
     embedding_params,
     skipped_outcomes,
 )
-from rowprompt.engine.budget import OVER_BUDGET, Budget
-from rowprompt.engine.context import RunContext
-from rowprompt.engine.planner import parse_deadline
+from rowprompt.engine.budget import OVER_BUDGET, Budget, output_cap, output_cap_message
+from rowprompt.engine.context import DEFAULT_OUTPUT_ESTIMATE, RunContext
+from rowprompt.engine.planner import (
+    Plan,
+    batch_history,
+    drops_deadline,
+    human_duration,
+    parse_deadline,
+)
 from rowprompt.engine.repair import repair_rows
 from rowprompt.errors import ConfigError, InputError, OutputError, UsageError
 from rowprompt.estimator import Estimate, estimate_job
@@ -116,6 +123,31 @@ class RunOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+RUN_SETTINGS: tuple[str, ...] = (
+    "rpm",
+    "tpm",
+    "concurrency",
+    "max_attempts",
+    "budget",
+    "repair",
+    "raw_cells",
+    "no_cache",
+    "structured",
+    "preview",
+    "batch_token_limit",
+    "fallback",
+    "poll_interval",
+    "request_timeout",
+    "inputs_per_request",
+    "sandbox_rules",
+)
+"""The :class:`RunOptions` fields that are not part of a job's identity but change how it runs.
+
+They are stored with the job when a run starts (``JobRecord.run_settings``) so that ``resume``
+and ``collect --wait`` run it as it last ran (see :func:`options_for_job`). Plain values only:
+never a secret, never a callable. The deadline is kept apart (``Ledger.job_deadline``).
+"""
+
 _WINDOW_ROWS = 4096
 _WINDOWS_KEPT = 8
 
@@ -135,6 +167,8 @@ class Prepared:
     """Embeddings: positions of rows with no text, skipped (``--skip-empty``)."""
     images: ImageInputs | None = None
     """The job's image inputs (``--image-column``, ``| image``); None without any."""
+    budget_cap: int | None = None
+    """The maximum output every request carries because of ``--budget`` (no ``--max-tokens``)."""
 
     @property
     def job_id(self) -> str:
@@ -176,7 +210,7 @@ class Prepared:
         if self.spec.endpoint == "embeddings":
             return embedding_body(self.spec, self.embed_text(position))
         values, key = self.row_values(position), self.table.label(position)
-        messages = self.template.render(values, key=key)
+        messages = self.template.render(values, key=key, source=self.table.source)
         if self.images is not None:
             messages = self.images.attach(messages, values, key)
         instruction = self.answer.instruction()
@@ -186,7 +220,9 @@ class Prepared:
 
     def embed_text(self, position: int) -> str:
         """The text the row at ``position`` embeds (an embeddings job's rendered template)."""
-        messages = self.template.render(self.row_values(position), key=self.table.label(position))
+        messages = self.template.render(
+            self.row_values(position), key=self.table.label(position), source=self.table.source
+        )
         return str(messages[-1]["content"])
 
 
@@ -216,18 +252,21 @@ def with_instruction(messages: list[dict[str, Any]], instruction: str) -> list[d
     return [{"role": "system", "content": instruction}, *messages]
 
 
-def _params(options: RunOptions, answer: AnswerSpec, structured: bool) -> dict[str, Any]:
+def _params(
+    options: RunOptions, answer: AnswerSpec, structured: bool, cap: int | None = None
+) -> dict[str, Any]:
     params: dict[str, Any] = {}
     response_format = answer.response_format() if structured else None
     if response_format is not None:
         params["response_format"] = response_format
-    if options.max_tokens is not None:
-        if options.max_tokens < 1:
-            raise UsageError("--max-tokens must be at least 1")
+    if options.max_tokens is not None and options.max_tokens < 1:
+        raise UsageError("--max-tokens must be at least 1")
+    max_tokens = options.max_tokens if options.max_tokens is not None else cap
+    if max_tokens is not None:
         # OpenAI's own API wants max_completion_tokens (max_tokens is refused by newer
         # models); OpenAI-compatible servers mostly know only max_tokens.
         name = "max_tokens" if options.base_url and options.provider == "openai" else None
-        params[name or "max_completion_tokens"] = options.max_tokens
+        params[name or "max_completion_tokens"] = max_tokens
     if options.temperature is not None:
         if not 0 <= options.temperature <= 2:
             raise UsageError("--temperature must be between 0 and 2")
@@ -260,7 +299,7 @@ def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) 
     if options.budget is not None and options.budget < 0:
         raise UsageError("--budget must be a number of USD >= 0")
     load_settings()
-    if options.deadline:
+    if options.deadline and not drops_deadline(options.deadline):
         parse_deadline(options.deadline)
     if options.preview < 0:
         raise UsageError("--preview must be 0 or more")
@@ -279,12 +318,22 @@ def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) 
     embedding = options.endpoint == "embeddings"
     check_column_clash(columns, table.source, [EMBEDDING_COLUMN] if embedding else answer.columns())
     check_provider_config(options.provider, options.base_url, options.model)
+    if options.budget is not None:
+        # A cap that cannot price a request cannot hold it back: refuse before anything is sent.
+        costs.require_price(options.model, _priced_as(options.provider))
     output = _output_path(source, options)
     if options.detach and options.provider == "sandbox" and not options.base_url:
         raise UsageError(
             "--detach needs a provider that outlives this process; the in-process sandbox does not",
             hint="start `rowprompt sandbox --port 8787` and pass --base-url http://127.0.0.1:8787/v1",
         )
+    # The cap is part of the job's identity (its params), like --max-tokens: it changes what
+    # is asked, so the cache and the request hashes must tell a capped answer from a free one
+    # (a later run without --budget asks again rather than reuse a possibly cut answer). The
+    # budget itself is not: the cap is the same for every budget, so the same table run again
+    # with a bigger --budget finds the same job and its answers.
+    cap = None if embedding else output_cap(options.budget, options.max_tokens, options.endpoint)
+    params = embedding_params(options) if embedding else _params(options, answer, structured, cap)
     spec = JobSpec(
         input_hash=table.content_hash,
         prompt=template.prompt,
@@ -292,7 +341,7 @@ def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) 
         model=options.model,
         provider=options.provider,
         base_url=options.base_url,
-        params=embedding_params(options) if embedding else _params(options, answer, structured),
+        params=params,
         answer_spec=answer.to_json(),
         mode=options.mode,
         id_column=options.id_column,
@@ -304,11 +353,17 @@ def prepare(source: str | os.PathLike[str] | pd.DataFrame, options: RunOptions) 
         image_columns=tuple(options.image_columns),
     )
     prepared = Prepared(table, template, spec, options, output, answer, structured, images=images)
+    prepared.budget_cap = cap
     if images is not None:
         _check_images(prepared, images)
     if embedding:
         prepared.skipped = check_embedding_inputs(prepared)
     return prepared
+
+
+def _priced_as(provider: str) -> str:
+    """The provider whose prices apply (the sandbox stands in for OpenAI)."""
+    return "openai" if provider == "sandbox" else provider
 
 
 def _image_inputs(
@@ -341,7 +396,9 @@ def _check_images(p: Prepared, images: ImageInputs) -> None:
     if dynamic:
 
         def render(position: int) -> list[dict[str, Any]]:
-            return p.template.render(p.row_values(position), key=p.table.label(position))
+            return p.template.render(
+                p.row_values(position), key=p.table.label(position), source=p.table.source
+            )
 
     images.check_table(p.table.labels, columns, render)
 
@@ -389,7 +446,58 @@ class Runner:
         self.ledger = ledger or Ledger(self.options.home)
         self.budget: Budget | None = None
         self.stopped = False
-        self.deadline_at = parse_deadline(self.options.deadline) if self.options.deadline else None
+        # What the real-time engine learned of the provider's limits (rpm, tpm), for the
+        # deadline fallback when the user gave none.
+        self.learned_limits: tuple[float | None, float | None] = (None, None)
+        # Said before the job starts: where its deadline came from when not from this command.
+        self.deadline_notes: list[str] = []
+        self.deadline_at = self._resolve_deadline()
+
+    def _resolve_deadline(self) -> float | None:
+        """The deadline this run keeps: the one given, or the one stored with the job.
+
+        The same command again keeps the deadline it set the first time (``--deadline 2h``
+        means two hours from the first run, not from every rerun); ``resume`` and ``collect``
+        keep it too. A stored deadline that has passed is dropped, and ``--deadline none``
+        drops it on purpose.
+        """
+        text = (self.options.deadline or "").strip()
+        job_id = self.prepared.job_id
+        stored_at, stored_text = (
+            self.ledger.job_deadline(job_id)
+            if self.ledger.find_job(job_id) is not None
+            else (None, None)
+        )
+        now = time.time()
+        if text and drops_deadline(text):
+            return None
+        if stored_at is not None and stored_at > now and (not text or text == stored_text):
+            if not text:
+                self.deadline_notes.append(
+                    f"deadline: kept from the job, {human_duration(stored_at - now)} from now"
+                    f" ({_clock(stored_at)})"
+                )
+            return stored_at
+        if text:
+            return parse_deadline(text, now)
+        if stored_at is not None:
+            self.deadline_notes.append(
+                f"deadline: the job's deadline ({_clock(stored_at)}) has passed;"
+                " it goes on without one"
+            )
+        return None
+
+    def _store_deadline(self, job_id: str) -> None:
+        """Keep the deadline with the job (not in its spec: it is not part of its identity)."""
+        text = (self.options.deadline or "").strip()
+        stored_at, _ = self.ledger.job_deadline(job_id)
+        if text and drops_deadline(text):
+            self.ledger.set_job_deadline(job_id, None, None)
+        elif text and stored_at != self.deadline_at:
+            # An ISO time is the same point whenever it is read; a duration counts from now.
+            self.ledger.set_job_deadline(job_id, self.deadline_at, text)
+        elif not text and stored_at is not None and self.deadline_at is None:
+            self.ledger.set_job_deadline(job_id, None, None)
 
     # -- the job in the ledger --------------------------------------------------------------
     def ensure_job(self) -> JobRecord:
@@ -450,7 +558,7 @@ class Runner:
         """The engines' view of the job."""
         p = self.prepared
         model = p.spec.model
-        provider = "openai" if p.spec.provider == "sandbox" else p.spec.provider
+        provider = _priced_as(p.spec.provider)
 
         def price(completion: Completion, batch: bool) -> float | None:
             return costs.cost_usd(
@@ -480,15 +588,60 @@ class Runner:
             endpoint=p.spec.endpoint,
         )
 
+    def begin(self, job_id: str) -> None:
+        """A run of the job starts (run, resume, collect's driving): keep its deadline and how
+        it runs with the job, and set up the budget. The job is acquired by this process."""
+        self._store_deadline(job_id)
+        self.ledger.set_job_run_settings(job_id, self.run_settings())
+        if self.prepared.budget_cap is not None and self.options.on_message is not None:
+            self.options.on_message(output_cap_message(self.prepared.budget_cap))
+        if self.options.budget is not None:
+            # A rerun (with a higher budget, say) asks again the rows a budget held back.
+            self.ledger.requeue_failed(job_id, OVER_BUDGET)
+            self.budget = Budget(self.options.budget, self.ledger.progress(job_id).cost_usd)
+            self._hold_batches_in_flight(job_id, self.budget)
+
+    def _hold_batches_in_flight(self, job_id: str, budget: Budget) -> None:
+        """Hold the worst case of the rows that batches of an earlier process carry.
+
+        Those batches are paid for when they finish, so what they may cost is not this run's
+        to spend again (a detached run, then ``resume`` or ``collect``). Each row holds its
+        shard's share of the shard's estimate, all of it priced as the row's reservation was;
+        its answer settles the hold as usual.
+        """
+        worst = self.context().worst_cost
+        if worst is None:
+            return
+        params = self.prepared.spec.params
+        embedding = self.prepared.spec.endpoint == "embeddings"
+        cap = params.get("max_completion_tokens") or params.get("max_tokens")
+        output = 0 if embedding else int(cap or DEFAULT_OUTPUT_ESTIMATE)
+        for shard in self.ledger.shards(job_id, active_only=True):
+            rows = self.ledger.shard_rows(job_id, shard.number)
+            if not rows:
+                continue
+            per_row = shard.estimated_tokens / max(shard.rows, len(rows))
+            row_output = min(output, int(per_row))
+            amount = worst(max(0, round(per_row) - row_output), row_output, True)
+            if amount is None:
+                continue  # no price: prepare refused --budget already
+            for key, _ in rows:
+                budget.hold(key, amount)
+
+    def run_settings(self) -> dict[str, Any]:
+        """This run's :data:`RUN_SETTINGS`, as stored with the job."""
+        settings = {name: getattr(self.options, name) for name in RUN_SETTINGS}
+        settings["structured"] = self.prepared.structured  # what it resolved to
+        if settings["sandbox_rules"]:
+            settings["sandbox_rules"] = str(Path(settings["sandbox_rules"]).resolve())
+        return settings
+
     # -- running ----------------------------------------------------------------------------
     async def run(self) -> JobRecord:
         """Drive the job until it is complete (or submitted, with ``detach``)."""
         job = self.ensure_job()
         self.ledger.acquire(job.id)
-        if self.options.budget is not None:
-            # A rerun (with a higher budget, say) asks again the rows a budget held back.
-            self.ledger.requeue_failed(job.id, OVER_BUDGET)
-            self.budget = Budget(self.options.budget, self.ledger.progress(job.id).cost_usd)
+        self.begin(job.id)
         opened = open_provider(
             self.options.provider,
             self.options.base_url,
@@ -561,10 +714,12 @@ class Runner:
         self, pilot_completion_tokens: float | None = None, pilot_rows: int = 0
     ) -> Estimate:
         """Rows, tokens, cost and duration in each mode; spends nothing."""
+        p = self.prepared
         return estimate_job(
-            self.prepared,
+            p,
             self.ledger,
-            plan=plan_job(self, len(self.prepared.table)),
+            plan_for=self._plan_as_if_now,
+            history=batch_history(self.ledger, p.spec.provider, p.spec.model),
             use_cache=not self.options.no_cache,
             rpm=self.options.rpm,
             tpm=self.options.tpm,
@@ -572,12 +727,28 @@ class Runner:
             pilot_rows=pilot_rows,
         )
 
+    def _plan_as_if_now(self, rows: int) -> Plan:
+        """The plan of a run starting now: counting a large table's tokens takes a while, and
+        a ``--deadline 1h`` asked of an estimate means an hour from when the run would start."""
+        self.deadline_notes = []
+        self.deadline_at = self._resolve_deadline()
+        return plan_job(self, rows)
+
 
 # -- jobs found by id (collect, resume, status, cancel) -------------------------------------
 def options_for_job(job: JobRecord, base: RunOptions | None = None) -> RunOptions:
-    """Run options that rebuild a stored job's requests exactly."""
+    """Run options that rebuild a stored job's requests exactly, and run it as it last ran.
+
+    The job's identity comes from its spec. The :data:`RUN_SETTINGS` come from the ones
+    stored with it, except where ``base`` gives a value of its own (one that differs from the
+    :class:`RunOptions` default): what this command was given wins.
+    """
     spec = job.spec
     options = replace(base) if base else RunOptions()
+    defaults = _defaults()
+    for name, value in job.run_settings.items():
+        if name in RUN_SETTINGS and getattr(options, name) == defaults[name]:
+            setattr(options, name, value)
     options.prompt, options.prompt_file = spec.prompt, None
     options.system, options.system_file = spec.system, None
     options.model, options.provider, options.base_url = spec.model, spec.provider, spec.base_url
@@ -593,6 +764,14 @@ def options_for_job(job: JobRecord, base: RunOptions | None = None) -> RunOption
         options.dimensions = spec.params.get("dimensions")
         options.skip_empty = True  # the job exists: its blank rows (if any) were skipped
     return options
+
+
+@functools.cache
+def _defaults() -> dict[str, Any]:
+    """The default of each :data:`RUN_SETTINGS` field of :class:`RunOptions`."""
+    fresh = RunOptions()
+    known = {f.name for f in fields(RunOptions)}
+    return {name: getattr(fresh, name) for name in RUN_SETTINGS if name in known}
 
 
 def reopen(job: JobRecord, options: RunOptions, frame: pd.DataFrame | None = None) -> Prepared:
@@ -617,6 +796,13 @@ def reopen(job: JobRecord, options: RunOptions, frame: pd.DataFrame | None = Non
             )
         raise ConfigError(f"job {job.id} cannot be rebuilt from its stored settings")
     return prepared
+
+
+def _clock(stamp: float) -> str:
+    """A Unix time as the local time of day (with the date when it is not today)."""
+    when = datetime.datetime.fromtimestamp(stamp)
+    today = datetime.date.today()
+    return when.strftime("%H:%M" if when.date() == today else "%Y-%m-%d %H:%M")
 
 
 def wait_seconds(start: float) -> float:

@@ -49,12 +49,17 @@ class RunContext:
         """Reserve a row's worst-case cost under ``--budget``; False when it would pass it.
 
         A request without a maximum output is assumed to answer ``DEFAULT_OUTPUT_ESTIMATE``
-        tokens: set ``--max-tokens`` for a hard bound.
+        tokens; under a budget the runner sends that as every request's maximum, so it is a
+        bound (see ``engine.budget.output_cap``). A request whose cost cannot be known (no
+        price for the model) is refused: a cap that cannot count would let everything through.
         """
         if self.budget is None or self.worst_cost is None:
             return True
         worst = self.worst_cost(prompt_tokens, output_tokens or DEFAULT_OUTPUT_ESTIMATE, batch)
-        return worst is None or self.budget.reserve(key, worst)
+        if worst is None:
+            self.budget.unpriced = True
+            return False
+        return self.budget.reserve(key, worst)
 
     def custom_id(self, position: int) -> str:
         """The batch ``custom_id`` of the row at ``position``: job and row."""

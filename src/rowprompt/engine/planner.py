@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from rowprompt.errors import UsageError
 from rowprompt.ledger import Ledger
 
-# Thresholds of `auto`, documented in docs/planner.md; rowprompt.toml may override them.
+# Thresholds of `auto`, documented in docs/planner.md; the `[planner]` table of rowprompt.toml
+# overrides them (see PlannerSettings).
 SMALL_JOB_ROWS = 200
 LARGE_JOB_ROWS = 1000
 DEFAULT_PREVIEW_ROWS = 20
@@ -31,8 +32,33 @@ DEFAULT_REALTIME_ROWS_PER_MIN = 100.0
 # Start the fallback early enough: the real-time estimate times this, plus a fixed margin.
 FALLBACK_SAFETY = 1.5
 FALLBACK_MARGIN_S = 30.0
+# A batch turnaround within this fraction of the time left counts as in time: a "24h" deadline
+# is parsed a moment before it is compared with the 24 h default, and must not lose to it.
+TURNAROUND_TOLERANCE = 0.01
+# Words that drop a deadline stored with the job.
+NO_DEADLINE = frozenset({"none", "off"})
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|min|s)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    """The planner's thresholds: the defaults above, or the `[planner]` table of rowprompt.toml."""
+
+    small_job_rows: int = SMALL_JOB_ROWS
+    large_job_rows: int = LARGE_JOB_ROWS
+    default_batch_turnaround_s: float = DEFAULT_BATCH_TURNAROUND_S
+    realtime_rows_per_min: float = DEFAULT_REALTIME_ROWS_PER_MIN
+    fallback_safety: float = FALLBACK_SAFETY
+    fallback_margin_s: float = FALLBACK_MARGIN_S
+
+
+DEFAULT_SETTINGS = PlannerSettings()
+
+
+def drops_deadline(text: str) -> bool:
+    """True for ``--deadline none``: forget a deadline stored with the job."""
+    return text.strip().lower() in NO_DEADLINE
 
 
 def parse_deadline(text: str, now: float | None = None) -> float:
@@ -69,11 +95,24 @@ class BatchHistory:
     p50_s: float | None
     p90_s: float | None
 
-    def predicted_s(self) -> float:
+    def predicted_s(self, settings: PlannerSettings = DEFAULT_SETTINGS) -> float:
         """A turnaround to plan with: the slow end of history, or the conservative default."""
         if self.p90_s is None:
-            return DEFAULT_BATCH_TURNAROUND_S
+            return settings.default_batch_turnaround_s
         return self.p90_s
+
+    def describe(self, settings: PlannerSettings = DEFAULT_SETTINGS) -> str:
+        """The turnaround in words, as `rowprompt estimate` shows it."""
+        if self.p50_s is None or self.p90_s is None:
+            return (
+                "within 24 h (often under 1 h); no batch history here, so deadlines are"
+                f" planned with {human_duration(settings.default_batch_turnaround_s)}"
+            )
+        batches = "1 batch" if self.samples == 1 else f"{self.samples} batches"
+        return (
+            f"about {human_duration(self.p50_s)}, up to {human_duration(self.p90_s)}"
+            f" (p50/p90 of {batches} of this model here)"
+        )
 
 
 def batch_history(ledger: Ledger, provider: str, model: str) -> BatchHistory:
@@ -93,23 +132,91 @@ def batch_history(ledger: Ledger, provider: str, model: str) -> BatchHistory:
     return BatchHistory(len(durations), statistics.median(durations), p90)
 
 
-def realtime_rows_per_min(rpm: int | None, tpm: int | None, tokens_per_row: float) -> float:
+def realtime_rows_per_min(
+    rpm: float | None,
+    tpm: float | None,
+    tokens_per_row: float,
+    settings: PlannerSettings = DEFAULT_SETTINGS,
+) -> float:
     """Rows a minute the real-time engine can do at the known limits (a default when none)."""
     bounds = []
     if rpm:
         bounds.append(float(rpm))
     if tpm and tokens_per_row > 0:
         bounds.append(tpm / tokens_per_row)
-    return min(bounds) if bounds else DEFAULT_REALTIME_ROWS_PER_MIN
+    return min(bounds) if bounds else settings.realtime_rows_per_min
+
+
+def batch_in_time(turnaround_s: float, time_left_s: float) -> bool:
+    """True when a batch of this turnaround is expected back within the time left."""
+    return turnaround_s <= time_left_s + TURNAROUND_TOLERANCE * turnaround_s
+
+
+def fallback_capacity(
+    time_left_s: float, rows_per_min: float, settings: PlannerSettings = DEFAULT_SETTINGS
+) -> int:
+    """Rows real time can finish in the time left, with the fallback's safety and margin."""
+    usable_min = (time_left_s - settings.fallback_margin_s) / 60
+    if usable_min <= 0:
+        return 0
+    return int(rows_per_min * usable_min / settings.fallback_safety)
+
+
+def fallback_wait_s(
+    *,
+    now: float,
+    deadline: float,
+    rows_left: int,
+    rows_per_min: float,
+    settings: PlannerSettings = DEFAULT_SETTINGS,
+) -> float:
+    """Seconds until the last safe moment to send ``rows_left`` real time (0: it has come)."""
+    needed = rows_left / max(rows_per_min, 1e-9) * 60 * settings.fallback_safety
+    return max(0.0, deadline - now - needed - settings.fallback_margin_s)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The mode a job runs in, and the one-line reason said before it starts."""
+    """The mode a job runs in, the one-line reason said before it starts, and a warning when
+    the deadline cannot be met."""
 
     mode: str
     reason: str
     preview_rows: int = 0
+    warning: str | None = None
+
+
+def deadline_warning(
+    *,
+    mode: str,
+    rows: int,
+    time_left_s: float,
+    rows_per_min: float,
+    batch_s: float,
+    limits_known: bool = True,
+    settings: PlannerSettings = DEFAULT_SETTINGS,
+) -> str | None:
+    """What to say up front when the deadline cannot be met by the routes ``mode`` may use."""
+    if rows <= 0:
+        return None
+    needed = rows / max(time_left_s / 60, 1e-9)
+    if needed <= rows_per_min:
+        return None
+    allowed = (
+        f"the rate limit allows {rows_per_min:,.0f}"
+        if limits_known
+        else f"with no --rpm or --tpm, real time is assumed to do {rows_per_min:,.0f}"
+    )
+    head = f"the deadline cannot be met: it needs {needed:,.0f} rows/min, {allowed}"
+    if mode == "realtime":
+        return f"{head}; the job will finish late"
+    if batch_in_time(batch_s, time_left_s):
+        return None
+    movable = min(rows, fallback_capacity(time_left_s, rows_per_min, settings))
+    return (
+        f"{head}, and a batch may take {human_duration(batch_s)}: real time takes the"
+        f" {movable:,} rows it can finish by then, the rest stay in batches and may finish late"
+    )
 
 
 def choose_mode(
@@ -124,46 +231,83 @@ def choose_mode(
     history: BatchHistory,
     preview: int = DEFAULT_PREVIEW_ROWS,
     now: float | None = None,
+    settings: PlannerSettings = DEFAULT_SETTINGS,
+    limits_known: bool = True,
 ) -> Plan:
     """Pick the mode (``auto``) or honour the user's, with the reason in one line."""
     now = time.time() if now is None else now
+    s = settings
     slack = None if deadline is None else deadline - now
-    batch_s = history.predicted_s()
+    batch_s = history.predicted_s(s)
+    realtime_s = realtime_minutes * 60
     basis = (
-        f"batches here took up to {_human(batch_s)}"
+        f"batches here took up to {human_duration(batch_s)}"
         if history.samples
-        else f"no batch history, so a batch may take {_human(batch_s)}"
+        else f"with no batch history a batch may take {human_duration(batch_s)}"
     )
+    warning = None
+    if slack is not None:
+        speed = rows / realtime_minutes if realtime_minutes > 0 else math.inf
+        warning = deadline_warning(
+            mode="realtime" if requested == "realtime" else "batch",
+            rows=rows,
+            time_left_s=slack,
+            rows_per_min=speed,
+            batch_s=batch_s,
+            limits_known=limits_known,
+            settings=s,
+        )
     if requested != "auto":
         preview_rows = min(preview, rows) if requested == "hybrid" else 0
-        return Plan(requested, f"{requested}: as asked", preview_rows)
+        return Plan(requested, f"{requested}: as asked", preview_rows, warning)
     if rows == 0:
         return Plan("realtime", "realtime: nothing to send")
     prices_known = cost_realtime is not None and cost_batch is not None
     if budget is not None and prices_known and cost_realtime > budget >= cost_batch:  # type: ignore[operator]
-        return Plan("batch", f"batch: only the batch price fits the ${budget:,.2f} budget")
-    if slack is not None and slack < batch_s:
-        if realtime_minutes * 60 <= slack:
+        return Plan(
+            "batch", f"batch: only the batch price fits the ${budget:,.2f} budget", 0, warning
+        )
+    preview_rows = min(preview, rows)
+    takeover = ""
+    if slack is not None:
+        if realtime_s > slack:
+            if batch_in_time(batch_s, slack):
+                return Plan(
+                    "batch",
+                    f"batch: the deadline is in {human_duration(slack)} and {basis};"
+                    f" real time alone needs about {human_duration(realtime_s)}",
+                )
+            return Plan(
+                "hybrid",
+                f"hybrid: the deadline is in {human_duration(slack)}, real time alone needs about"
+                f" {human_duration(realtime_s)} and {basis}: real time for the rows it can finish,"
+                " batches for the rest",
+                preview_rows,
+                warning,
+            )
+        fallback_s = realtime_s * s.fallback_safety + s.fallback_margin_s
+        if slack < fallback_s:
             return Plan(
                 "realtime",
-                f"realtime: the deadline is in {_human(slack)} and {basis};"
-                f" real time needs about {_human(realtime_minutes * 60)}",
+                f"realtime: the deadline is in {human_duration(slack)} and real time needs about"
+                f" {human_duration(realtime_s)}: no time to try batches first",
             )
-        return Plan(
-            "hybrid",
-            f"hybrid: the deadline is in {_human(slack)}, real time alone needs about"
-            f" {_human(realtime_minutes * 60)}: batches with a real-time fallback",
-            min(preview, rows),
+        # Enough slack for real time to finish whatever batches leave: they get their chance
+        # at half the price, and the fallback keeps the deadline.
+        takeover = (
+            f"; real time takes over what batches have not finished"
+            f" {human_duration(fallback_s)} before the deadline"
         )
-    if rows <= SMALL_JOB_ROWS:
-        return Plan("realtime", f"realtime: a small job ({rows:,} rows <= {SMALL_JOB_ROWS})")
-    if rows >= LARGE_JOB_ROWS:
-        why = "no deadline" if slack is None else f"the deadline leaves {_human(slack)}"
-        return Plan("batch", f"batch: {rows:,} rows and {why}: half the price")
+    if rows <= s.small_job_rows:
+        return Plan("realtime", f"realtime: a small job ({rows:,} rows <= {s.small_job_rows:,})")
+    if rows >= s.large_job_rows:
+        why = "no deadline" if slack is None else f"the deadline leaves {human_duration(slack)}"
+        return Plan("batch", f"batch: {rows:,} rows and {why}: half the price{takeover}")
     return Plan(
         "hybrid",
-        f"hybrid: {rows:,} rows: a real-time preview of {min(preview, rows)}, the rest in batches",
-        min(preview, rows),
+        f"hybrid: {rows:,} rows: a real-time preview of {preview_rows}, the rest in batches"
+        f"{takeover}",
+        preview_rows,
     )
 
 
@@ -175,20 +319,37 @@ def must_fall_back(
     rows_per_min: float,
     batch_started: float | None,
     history: BatchHistory,
-) -> bool:
-    """True when the rows still in batches must go real time to finish by the deadline."""
+    settings: PlannerSettings = DEFAULT_SETTINGS,
+) -> int:
+    """How many of the rows still in batches must go real time now to meet the deadline.
+
+    0 while real time could still take them all later (the batches keep their chance at half
+    the price until the last safe moment), all of them at that moment, and, once real time
+    can no longer finish them all, the rows it can finish, unless the batches are expected
+    back in time (then they are trusted until they are late).
+    """
     if rows_left <= 0:
-        return False
-    needed = rows_left / max(rows_per_min, 1e-9) * 60.0 * FALLBACK_SAFETY + FALLBACK_MARGIN_S
-    if deadline - now <= needed:
-        return True
-    if batch_started is None:
-        return False
-    predicted_end = batch_started + history.predicted_s()
-    return predicted_end > deadline - needed
+        return 0
+    speed = max(rows_per_min, 1e-9)
+    capacity = fallback_capacity(deadline - now, speed, settings)
+    if capacity > rows_left:
+        return 0
+    usable_min = (deadline - now - settings.fallback_margin_s) / 60
+    if usable_min <= 0:
+        return 0
+    if rows_left <= speed * usable_min:
+        # Past the last safe moment by less than the safety factor (polls are discrete):
+        # real time at full speed still finishes them all.
+        return rows_left
+    turnaround = history.predicted_s(settings)
+    predicted_end = (now if batch_started is None else batch_started) + turnaround
+    if now < predicted_end and batch_in_time(predicted_end - now, deadline - now):
+        return 0
+    return capacity
 
 
-def _human(seconds: float) -> str:
+def human_duration(seconds: float) -> str:
+    """A duration in words: seconds, minutes or hours."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
