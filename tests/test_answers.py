@@ -38,6 +38,8 @@ CHOICES = ("positive", "negative", "neutral")
         ("−2", -2),  # U+2212, the typographic minus sign: not 2
         ("－3", -3),  # U+FF0D, a full-width hyphen-minus
         ("10/10", 10),
+        ("gpt-4 says 5", 5),  # the 4 belongs to a name
+        ("x=5", 5),
     ],
 )
 def test_integers_with_one_reading(text: str, value: int) -> None:
@@ -46,8 +48,10 @@ def test_integers_with_one_reading(text: str, value: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["3 or 4", "", "many", "4.5", "between 2 and 3", "3–4", "1/2", "3/4", "6/5", "−2 or 2"],
-)
+    ["3 or 4", "", "many", "4.5", "between 2 and 3", "3–4", "1/2", "3/4", "6/5", "−2 or 2",
+     # Digits glued to a word are part of a name, not a number: no reading at all.
+     "A0", "B12", "gpt-4", "+cmd|' /C calc'!A0"],
+)  # fmt: skip
 def test_integers_without_one_reading_are_errors(text: str) -> None:
     with pytest.raises(ParseFailure):
         parse_integer(text)

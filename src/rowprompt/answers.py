@@ -289,7 +289,11 @@ def parse_number(value: Any) -> float:
         if scale >= _SCALE_MIN and 0 <= score <= scale:
             return score
         raise ParseFailure(f"{_quote(value)} could be a fraction or a score: give one number")
-    found = {m.group(0).replace(",", "") for m in _NUMBER.finditer(text)}
+    found = {
+        m.group(0).replace(",", "")
+        for m in _NUMBER.finditer(text)
+        if not _glued_to_a_word(text, m.start())
+    }
     numbers = {float(n) for n in found}
     if len(numbers) == 1:
         number = numbers.pop()
@@ -298,6 +302,12 @@ def parse_number(value: Any) -> float:
     if not numbers:
         raise ParseFailure(f"no number in the answer {_quote(value)}")
     raise ParseFailure(f"more than one number in the answer {_quote(value)}")
+
+
+def _glued_to_a_word(text: str, start: int) -> bool:
+    # Digits that continue a word are part of a name, not a number the answer gives: "A0",
+    # "B12", "gpt-4" (whose hyphen is no minus sign).
+    return start > 0 and (text[start - 1].isalpha() or text[start - 1] == "_")
 
 
 def parse_integer(value: Any) -> int:
