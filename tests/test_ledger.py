@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,26 @@ def make_job(ledger: Ledger, n: int = 5, **changes: object) -> str:
         mode="realtime",
     )
     return job.id
+
+
+def test_a_job_created_by_another_process_meanwhile_is_found_not_created_twice(
+    tmp_path: Path,
+) -> None:
+    # Two processes looked, found no job, and both create it: the second gets the first's.
+    with Ledger(tmp_path) as first, Ledger(tmp_path) as second:
+        made = make_job(first, n=5)
+        asked: list[int] = []
+
+        def rows() -> Iterator[tuple[str, int, str]]:
+            for i in range(5):
+                asked.append(i)
+                yield (f"k{i}", i, f"other{i}")
+
+        again = second.create_job(spec(), rows(), input_path=None, output_path=None,
+                                  mode="batch")  # fmt: skip
+        assert again.id == made and again.total_rows == 5
+        assert asked == []  # its rows were never rendered
+        assert second.count_rows(made, RowState.PENDING) == 5
 
 
 def test_job_identity_follows_what_is_asked_not_how() -> None:

@@ -406,10 +406,18 @@ class Ledger:
         output_path: str | None,
         mode: str | None,
     ) -> JobRecord:
-        """Insert a job and all its rows (key, position, request hash) in one transaction."""
+        """Insert a job and all its rows (key, position, request hash) in one transaction.
+
+        A job that exists already (another process created it since the caller looked) is
+        returned as it is: the same spec is the same job, and ``rows`` are left unread.
+        """
         job_id = spec.job_id()
         now = time.time()
         with self.transaction() as db:
+            # The write lock is held from here: of two processes creating the same job, the
+            # second finds the first's.
+            if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is not None:
+                return self.get_job(job_id)
             db.execute(
                 "INSERT INTO jobs (id, spec, input_path, output_path, mode, state, total_rows,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
