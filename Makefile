@@ -20,9 +20,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 
-# pytest exits 5 when it collects nothing: that is a failure here, as any non-zero code is.
+# pytest exits 5 when it collects nothing: that is a failure here, as any non-zero code is
+# (with -n too). A third of the suite's time is waiting on subprocesses and sandboxes, so one
+# worker per core halves it (2 cores: about 6 minutes instead of 12).
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto
 
 # Against a real llama.cpp server and model (docs/integration.md). The first run builds them
 # (about 6 minutes) into ~/.cache/rowprompt-integration; later runs reuse them.
