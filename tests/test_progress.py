@@ -99,10 +99,24 @@ def test_plain_eta_reads_seconds_minutes_and_hours(total: int, eta: str) -> None
         clock.now += 5.0
         view.update(counts(3, total=total))  # 3 rows in 5 s: 0.6 rows a second
     lines = out.getvalue().splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 2  # the closing line would say the same again: not printed
     assert lines[0].endswith(", $0.0000"), "no ETA before a row has finished"
     assert lines[1].endswith(f", {eta}"), lines[1]
     assert view.eta_s(counts(3, total=total)) == pytest.approx((total - 3) / 0.6)
+
+
+def test_plain_lines_close_with_the_last_count_once() -> None:
+    out = io.StringIO()
+    clock = Clock()
+    with ProgressView(out, clock=clock) as view:
+        view.update(counts(0, total=10))
+        clock.now += 1.0
+        view.update(counts(4, total=10))  # within the interval: not printed yet
+    lines = out.getvalue().splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "progress: 0/10 rows",
+        "progress: 4/10 rows",  # said when the view closes, since it moved
+    ]
 
 
 def test_quiet_shows_nothing() -> None:

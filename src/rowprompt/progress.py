@@ -47,6 +47,7 @@ class ProgressView:
         self._last: JobProgress | None = None
         self._first: tuple[float, int] | None = None
         self._stats_line = ""
+        self._printed: list[str] = []
 
     def __enter__(self) -> ProgressView:
         if self.live:
@@ -106,15 +107,16 @@ class ProgressView:
 
     def _plain(self, progress: JobProgress) -> None:
         self._last_plain = self._clock()
-        if self._stats_line:
-            print(f"rate: {self._stats_line}", file=self.stream, flush=True)
         eta = self.eta_s(progress)
-        print(
+        lines = [f"rate: {self._stats_line}"] if self._stats_line else []
+        lines.append(
             f"progress: {progress.finished}/{progress.total} rows, {_detail(progress)}"
-            + (f", ETA {_duration(eta)}" if eta is not None else ""),
-            file=self.stream,
-            flush=True,
+            + (f", ETA {_duration(eta)}" if eta is not None else "")
         )
+        if lines == self._printed:
+            return  # the closing lines, when nothing moved since the last ones
+        self._printed = lines
+        print("\n".join(lines), file=self.stream, flush=True)
 
     def stats(self, stats: Any) -> None:
         """Real-time engine figures: rates against the limits, 429s, retries, ETA."""
